@@ -1,0 +1,98 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"convoy/internal/daemon"
+	"convoy/internal/tlsconf"
+)
+
+func upCmd() *cobra.Command {
+	o := daemon.Options{}
+	var profile, logLevel, logFormat string
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Run convoy: the HTTPS API endpoint and everything behind it, in one process",
+		Long: `Run convoy in the embedded default: one process, state in --data (SQLite,
+objects, keys and PKI), one HTTPS endpoint for every AWS API convoy speaks.
+
+On first start convoy creates the data directory (mode 0700), its database, a
+certificate authority, a serving certificate for the listen address and
+localhost, and an admin access key. When it is ready it writes
+DATA/convoy.env (mode 0600) with CONVOY_ENDPOINT, AWS_CA_BUNDLE and the admin
+credentials, and prints how to use them. A restart on the same --data keeps
+everything. SIGINT or SIGTERM finish in-flight requests, then exit 0.
+
+TLS profiles (--tls-profile):
+  modern  TLS 1.3 only, X25519MLKEM768 post-quantum key exchange first (default)
+  compat  TLS 1.2 and 1.3, ECDHE with AES-GCM or ChaCha20 only, for older clients
+  fips    TLS 1.2 and 1.3, P-256/P-384, AES-GCM only (what --fips uses)
+No profile offers TLS 1.0/1.1, CBC or RSA key exchange.`,
+		Example: `  convoy up
+  convoy up --data /srv/convoy --listen 0.0.0.0:4443 --tls-profile compat
+  GODEBUG=fips140=on convoy up --fips`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			p, err := tlsconf.ParseProfile(profile)
+			if err != nil {
+				return err
+			}
+			o.Profile = p
+			if o.CertLifetime < 2*time.Second {
+				return fmt.Errorf("--cert-lifetime %s is too short", o.CertLifetime)
+			}
+			log, err := newLogger(logLevel, logFormat)
+			if err != nil {
+				return err
+			}
+			o.Logger, o.Stdout = log, cmd.OutOrStdout()
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			if err := daemon.Run(ctx, o); err != nil {
+				log.Error("convoy up failed", "err", err)
+				return err
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.DataDir, "data", daemon.DefaultDataDir(), "directory for all state: database, objects, keys, PKI")
+	f.StringVar(&o.Listen, "listen", "127.0.0.1:4443", "HOST:PORT of the HTTPS API endpoint (:0 picks a free port)")
+	f.StringVar(&profile, "tls-profile", "modern", "TLS profile: modern, compat or fips")
+	f.BoolVar(&o.FIPS, "fips", false, "FIPS 140-3 mode: needs GODEBUG=fips140=on, uses the fips profile everywhere")
+	f.StringVar(&o.Region, "region", "us-east-1", "AWS region name convoy answers as")
+	f.DurationVar(&o.CertLifetime, "cert-lifetime", 24*time.Hour, "lifetime of the serving certificates convoy issues; renewed after 2/3 of it")
+	f.StringSliceVar(&o.ExtraNames, "san", nil, "extra DNS names or IPs for the serving certificate (repeatable)")
+	f.StringVar(&o.TLSCert, "tls-cert", "", "serve this certificate (PEM chain) instead of one from convoy's CA; reloaded when the file changes")
+	f.StringVar(&o.TLSKey, "tls-key", "", "private key (PEM) for --tls-cert")
+	f.StringVar(&o.CACert, "ca-cert", "", "issue certificates from this CA (PEM) instead of convoy's own")
+	f.StringVar(&o.CAKey, "ca-key", "", "private key (PEM) for --ca-cert")
+	f.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long in-flight requests may take to finish on shutdown")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&logFormat, "log-format", "json", "json or text")
+	return cmd
+}
+
+func newLogger(level, format string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: %w", level, err)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch strings.ToLower(format) {
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: choose json or text", format)
+}

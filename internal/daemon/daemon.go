@@ -1,0 +1,303 @@
+// Package daemon wires convoy's parts into the embedded single-process
+// deployment that `convoy up` runs: data directory, database, master key,
+// PKI, IAM, and the HTTPS listener, then convoy.env for clients.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"convoy/internal/fsutil"
+	"convoy/internal/iam"
+	"convoy/internal/pki"
+	"convoy/internal/sealbox"
+	"convoy/internal/server"
+	"convoy/internal/state"
+	"convoy/internal/tlsconf"
+)
+
+// Options are `convoy up`'s settings.
+type Options struct {
+	DataDir string
+	Listen  string
+	Profile tlsconf.Profile
+	FIPS    bool
+	Region  string
+	// CertLifetime is the lifetime of serving certificates convoy issues.
+	CertLifetime time.Duration
+	// ExtraNames are added to the serving certificate's SANs.
+	ExtraNames []string
+	// TLSCert/TLSKey serve a user's certificate instead of one from convoy's CA.
+	TLSCert, TLSKey string
+	// CACert/CAKey make convoy issue from a user's CA instead of its own.
+	CACert, CAKey string
+	// ShutdownTimeout bounds how long in-flight requests may take to finish.
+	ShutdownTimeout time.Duration
+
+	Logger *slog.Logger
+	Stdout io.Writer
+}
+
+// EnvFile is the name of the file, in the data directory, that tells clients
+// how to reach convoy.
+const EnvFile = "convoy.env"
+
+// DefaultDataDir is $XDG_DATA_HOME/convoy or ~/.local/share/convoy.
+func DefaultDataDir() string {
+	if x := os.Getenv("XDG_DATA_HOME"); x != "" {
+		return filepath.Join(x, "convoy")
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "convoy-data"
+	}
+	return filepath.Join(home, ".local", "share", "convoy")
+}
+
+// Run starts convoy and serves until ctx is cancelled, then drains.
+func Run(ctx context.Context, o Options) error {
+	log := o.Logger
+	if o.FIPS {
+		if !tlsconf.FIPSModuleEnabled() {
+			return errors.New("--fips needs Go's FIPS 140-3 module: start convoy with GODEBUG=fips140=on (or fips140=only)")
+		}
+		o.Profile = tlsconf.FIPS
+	}
+	// Everything convoy writes (database, WAL, objects) is for its eyes only;
+	// files meant for clients (ca.pem) are chmod-ed explicitly.
+	syscall.Umask(0o077)
+	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
+		return fmt.Errorf("create data dir: %w", err)
+	}
+	if err := os.Chmod(o.DataDir, 0o700); err != nil {
+		return fmt.Errorf("restrict data dir: %w", err)
+	}
+	unlock, err := lockDataDir(o.DataDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	// A stale convoy.env from the previous run must not tell anyone we are up.
+	envPath := filepath.Join(o.DataDir, EnvFile)
+	if err := os.Remove(envPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+
+	box, err := sealbox.LoadOrCreate(filepath.Join(mkdir(o.DataDir, "keys"), "master.key"))
+	if err != nil {
+		return err
+	}
+	db, err := state.OpenSQLite(ctx, filepath.Join(o.DataDir, "convoy.db"))
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	ids, err := iam.Open(ctx, db, box)
+	if err != nil {
+		return err
+	}
+	admin, err := ids.EnsureAdmin(ctx)
+	if err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", o.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w (choose another with --listen, or :0 for any free port)", o.Listen, err)
+	}
+	defer ln.Close()
+	addr := ln.Addr().(*net.TCPAddr)
+
+	pkiDir := mkdir(o.DataDir, "pki")
+	certs, caBundle, err := certSource(o, pkiDir, serverNames(addr, o.ExtraNames))
+	if err != nil {
+		return err
+	}
+
+	srv := server.New(server.Config{
+		TLS:    tlsconf.Server(o.Profile, certs.GetCertificate, tlsconf.ServerOptions{}),
+		Logger: log,
+	})
+	srv.CertificateServed(certs.Leaf())
+	switch c := certs.(type) {
+	case *pki.Rotator:
+		c.OnRenew = srv.CertificateServed
+	case *pki.FileSource:
+		c.OnRenew = srv.CertificateServed
+	}
+
+	runCtx, stopBackground := context.WithCancel(context.Background())
+	defer stopBackground()
+	go certs.Run(runCtx)
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+
+	endpoint := "https://" + endpointHost(addr)
+	env := []envVar{
+		{"CONVOY_ENDPOINT", endpoint},
+		{"AWS_CA_BUNDLE", caBundle},
+		{"AWS_ACCESS_KEY_ID", admin.ID},
+		{"AWS_SECRET_ACCESS_KEY", admin.Secret},
+		{"AWS_DEFAULT_REGION", o.Region},
+		{"AWS_REGION", o.Region},
+		{"CONVOY_TLS_PROFILE", string(o.Profile)},
+	}
+	if o.FIPS {
+		env = append(env, envVar{"CONVOY_FIPS_ENDPOINT", endpoint})
+	}
+	if err := fsutil.WriteFileAtomic(envPath, renderEnv(env), 0o600); err != nil {
+		return fmt.Errorf("write %s: %w", envPath, err)
+	}
+	log.Info("convoy is up", "endpoint", endpoint, "profile", o.Profile, "fips", o.FIPS,
+		"account", ids.AccountID(), "data", o.DataDir)
+	printSummary(o.Stdout, endpoint, caBundle, envPath, o.Profile)
+
+	select {
+	case err := <-serveErr:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down: finishing in-flight requests", "timeout", o.ShutdownTimeout)
+	os.Remove(envPath)
+	sctx, cancel := context.WithTimeout(context.Background(), o.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	log.Info("convoy stopped")
+	return nil
+}
+
+func certSource(o Options, pkiDir string, names []string) (pki.CertSource, string, error) {
+	log := o.Logger
+	if o.TLSCert != "" || o.TLSKey != "" {
+		if o.TLSCert == "" || o.TLSKey == "" {
+			return nil, "", errors.New("--tls-cert and --tls-key go together")
+		}
+		src, err := pki.NewFileSource(o.TLSCert, o.TLSKey, log)
+		return src, o.CACert, err
+	}
+	var ca *pki.CA
+	var err error
+	caBundle := pki.PublicPath(pkiDir)
+	if o.CACert != "" {
+		if o.CAKey == "" {
+			return nil, "", errors.New("--ca-cert needs --ca-key to issue certificates")
+		}
+		ca, err = pki.LoadCA(o.CACert, o.CAKey)
+		caBundle = o.CACert
+	} else {
+		ca, err = pki.LoadOrCreateCA(pkiDir, "convoy root CA")
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	rot, err := pki.NewRotator(ca, pki.LeafRequest{
+		CommonName: names[0], Names: names, Purpose: pki.ServerAuth, Lifetime: o.CertLifetime,
+	}, filepath.Join(pkiDir, "server.pem"), log)
+	return rot, caBundle, err
+}
+
+// serverNames are the SANs of the serving certificate: the listen address,
+// loopback names, and the host name when listening on all interfaces.
+func serverNames(addr *net.TCPAddr, extra []string) []string {
+	names := []string{"localhost", "127.0.0.1", "::1"}
+	if !addr.IP.IsUnspecified() && !addr.IP.IsLoopback() {
+		names = append([]string{addr.IP.String()}, names...)
+	}
+	if addr.IP.IsUnspecified() {
+		if h, err := os.Hostname(); err == nil {
+			names = append(names, h)
+		}
+		if addrs, err := net.InterfaceAddrs(); err == nil {
+			for _, a := range addrs {
+				if ipn, ok := a.(*net.IPNet); ok && !ipn.IP.IsLoopback() && !ipn.IP.IsLinkLocalUnicast() {
+					names = append(names, ipn.IP.String())
+				}
+			}
+		}
+	}
+	for _, n := range extra {
+		if n = strings.TrimSpace(n); n != "" && !containsFold(names, n) {
+			names = append(names, n)
+		}
+	}
+	return names
+}
+
+func containsFold(list []string, s string) bool {
+	for _, v := range list {
+		if strings.EqualFold(v, s) {
+			return true
+		}
+	}
+	return false
+}
+
+func endpointHost(addr *net.TCPAddr) string {
+	ip := addr.IP
+	if ip.IsUnspecified() {
+		ip = net.IPv4(127, 0, 0, 1) // a wildcard listener answers on loopback too
+	}
+	return net.JoinHostPort(ip.String(), fmt.Sprint(addr.Port))
+}
+
+func mkdir(parent, name string) string {
+	p := filepath.Join(parent, name)
+	os.MkdirAll(p, 0o700)
+	return p
+}
+
+// lockDataDir makes sure one convoy at a time uses a data directory. The lock
+// is released by the kernel if the process dies.
+func lockDataDir(dir string) (func(), error) {
+	f, err := os.OpenFile(filepath.Join(dir, "convoy.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("data dir %s is in use by another convoy (stop it, or choose another --data)", dir)
+	}
+	return func() { f.Close() }, nil
+}
+
+type envVar struct{ name, value string }
+
+func renderEnv(vars []envVar) []byte {
+	var b strings.Builder
+	b.WriteString("# written by convoy up; source it: . ./convoy.env\n")
+	for _, v := range vars {
+		if v.value == "" {
+			continue
+		}
+		fmt.Fprintf(&b, "export %s='%s'\n", v.name, strings.ReplaceAll(v.value, "'", `'\''`))
+	}
+	return []byte(b.String())
+}
+
+func printSummary(w io.Writer, endpoint, caBundle, envPath string, p tlsconf.Profile) {
+	if w == nil {
+		return
+	}
+	fmt.Fprintf(w, `convoy is up
+  endpoint     %s  (TLS profile %s)
+  CA bundle    %s
+  credentials  %s  (admin access key, mode 0600)
+
+Use it with the aws CLI:
+  source %s
+  aws --endpoint-url "$CONVOY_ENDPOINT" sts get-caller-identity
+
+Press Ctrl-C to stop; in-flight requests finish first.
+`, endpoint, p, caBundle, envPath, envPath)
+}

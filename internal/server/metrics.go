@@ -1,0 +1,52 @@
+package server
+
+import (
+	"crypto/x509"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+type metrics struct {
+	requests          *prometheus.CounterVec
+	duration          *prometheus.HistogramVec
+	handshakeFailures prometheus.Counter
+	certExpiry        prometheus.Gauge
+}
+
+func newMetrics(reg *prometheus.Registry) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "convoy_http_requests_total",
+			Help: "API requests answered, by signing service and HTTP status code.",
+		}, []string{"service", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "convoy_http_request_duration_seconds",
+			Help:    "Time to answer an API request, by signing service.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
+		}, []string{"service"}),
+		handshakeFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "convoy_tls_handshake_failures_total",
+			Help: "TLS handshakes refused or failed (plaintext, old versions, bad certificates, garbage).",
+		}),
+		certExpiry: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "convoy_tls_certificate_expiry_timestamp_seconds",
+			Help: "When the serving certificate currently in use expires (Unix time).",
+		}),
+	}
+	reg.MustRegister(m.requests, m.duration, m.handshakeFailures, m.certExpiry,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+func (m *metrics) observe(service string, status int, d time.Duration) {
+	m.requests.WithLabelValues(service, strconv.Itoa(status)).Inc()
+	m.duration.WithLabelValues(service).Observe(d.Seconds())
+}
+
+// CertificateServed records the serving certificate now in use.
+func (s *Server) CertificateServed(leaf *x509.Certificate) {
+	s.metrics.certExpiry.Set(float64(leaf.NotAfter.Unix()))
+}

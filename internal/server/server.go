@@ -1,0 +1,214 @@
+// Package server is convoy's one HTTPS listener. It accepts only TLS (a
+// plaintext request gets no byte back), serves HTTP/1.1 and HTTP/2, gives
+// every request an ID, logs it without secrets, routes it by SigV4 signing
+// service and protocol to the service that owns it, and answers what no
+// service owns with an AWS-shaped error. /healthz and /metrics are served
+// here too.
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"convoy/internal/awsproto"
+)
+
+// Config configures a Server.
+type Config struct {
+	TLS    *tls.Config // from tlsconf
+	Logger *slog.Logger
+	// Registry receives convoy's metrics; nil makes a new one.
+	Registry *prometheus.Registry
+	// MaxHeaderBytes bounds request headers; 0 means 1 MiB.
+	MaxHeaderBytes int
+}
+
+// Server routes AWS API requests to services.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	http     *http.Server
+	mu       sync.RWMutex
+	services map[string]http.Handler
+	metrics  *metrics
+}
+
+// New returns a server; register services before Serve.
+func New(cfg Config) *Server {
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	if cfg.MaxHeaderBytes == 0 {
+		cfg.MaxHeaderBytes = 1 << 20
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, services: map[string]http.Handler{}, metrics: newMetrics(cfg.Registry)}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		w.Write([]byte("ok\n"))
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/", s.route)
+	s.http = &http.Server{
+		Handler:           s.withRequestLog(mux),
+		TLSConfig:         cfg.TLS,
+		ReadHeaderTimeout: 15 * time.Second, // also bounds the TLS handshake
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    cfg.MaxHeaderBytes,
+		ErrorLog:          log.New(&httpErrorLog{s: s}, "", 0),
+	}
+	return s
+}
+
+// Handle registers the handler of a signing service ("s3", "iam", …).
+func (s *Server) Handle(service string, h http.Handler) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.services[service] = h
+}
+
+// Registry returns the metrics registry, for services to add theirs.
+func (s *Server) Registry() *prometheus.Registry { return s.cfg.Registry }
+
+// Serve accepts TLS connections on l until Shutdown.
+func (s *Server) Serve(l net.Listener) error {
+	err := s.http.Serve(&tlsListener{Listener: l, cfg: s.cfg.TLS})
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops accepting and waits for in-flight requests to finish.
+func (s *Server) Shutdown(ctx context.Context) error { return s.http.Shutdown(ctx) }
+
+// route sends a request to the service that owns it.
+func (s *Server) route(w http.ResponseWriter, r *http.Request) {
+	service, proto := awsproto.Detect(r)
+	s.mu.RLock()
+	h := s.services[service]
+	s.mu.RUnlock()
+	if h != nil {
+		h.ServeHTTP(w, r)
+		return
+	}
+	if service == "" {
+		// Anonymous requests are refused: every API call must be signed.
+		code := "MissingAuthenticationToken"
+		if proto == awsproto.RestXML {
+			code = "AccessDenied"
+		}
+		awsproto.WriteError(w, r, proto, awsproto.Errorf(http.StatusForbidden, code,
+			"Request is missing Authentication Token: sign it with AWS Signature Version 4 (the aws CLI and SDKs do this when credentials are configured)"))
+		return
+	}
+	s.unknownOperation(w, r, service, proto)
+}
+
+func (s *Server) unknownOperation(w http.ResponseWriter, r *http.Request, service string, proto awsproto.Protocol) {
+	switch proto {
+	case awsproto.JSON:
+		op := r.Header.Get("X-Amz-Target")
+		awsproto.WriteError(w, r, proto, awsproto.Errorf(http.StatusBadRequest, "UnknownOperationException",
+			"operation %s is not supported by this convoy", op))
+	case awsproto.Query:
+		r.ParseForm()
+		awsproto.WriteError(w, r, proto, awsproto.Errorf(http.StatusBadRequest, "InvalidAction",
+			"action %q of service %s is not supported by this convoy", r.Form.Get("Action"), service))
+	case awsproto.RestJSON:
+		awsproto.WriteError(w, r, proto, awsproto.Errorf(http.StatusNotFound, "UnknownOperationException",
+			"%s %s is not supported by this convoy", r.Method, r.URL.Path))
+	default:
+		awsproto.WriteError(w, r, proto, awsproto.Errorf(http.StatusNotImplemented, "NotImplemented",
+			"service %s is not supported by this convoy", service))
+	}
+}
+
+// statusWriter records what a handler answered, for the access log.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+	bytes  int64
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(b)
+	w.bytes += int64(n)
+	return n, err
+}
+
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// withRequestLog assigns the request ID and writes one access-log line per
+// request. It logs the path but never the query string (presigned URLs carry
+// signatures and session tokens there) nor any header value.
+func (s *Server) withRequestLog(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		ctx, id := awsproto.WithRequestID(r.Context())
+		awsproto.SetRequestIDHeaders(w.Header(), id)
+		sw := &statusWriter{ResponseWriter: w}
+		service, proto := awsproto.Detect(r)
+		next.ServeHTTP(sw, r.WithContext(ctx))
+		if sw.status == 0 {
+			sw.status = http.StatusOK
+		}
+		elapsed := time.Since(start)
+		label := service
+		if label == "" {
+			label = "none"
+		}
+		s.metrics.observe(label, sw.status, elapsed)
+		attrs := []any{
+			"request_id", id, "method", r.Method, "path", r.URL.Path, "service", service,
+			"protocol", proto.String(), "status", sw.status, "bytes", sw.bytes,
+			"duration_ms", float64(elapsed.Microseconds()) / 1000, "remote", r.RemoteAddr, "proto", r.Proto,
+		}
+		if op := r.Header.Get("X-Amz-Target"); op != "" {
+			attrs = append(attrs, "operation", op)
+		}
+		s.log.Info("request", attrs...)
+	})
+}
+
+// httpErrorLog turns net/http's log lines into structured, counted events.
+type httpErrorLog struct{ s *Server }
+
+func (l *httpErrorLog) Write(p []byte) (int, error) {
+	msg := string(bytes.TrimSpace(p))
+	if strings.Contains(msg, "TLS handshake error") {
+		l.s.metrics.handshakeFailures.Inc()
+		l.s.log.Debug("tls handshake failed", "detail", msg)
+		return len(p), nil
+	}
+	l.s.log.Warn("http server", "detail", msg)
+	return len(p), nil
+}
