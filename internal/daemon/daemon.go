@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -150,6 +151,7 @@ func Run(ctx context.Context, o Options) error {
 		{"AWS_DEFAULT_REGION", o.Region},
 		{"AWS_REGION", o.Region},
 		{"CONVOY_TLS_PROFILE", string(o.Profile)},
+		{"CONVOY_PID", strconv.Itoa(os.Getpid())},
 	}
 	if o.FIPS {
 		env = append(env, envVar{"CONVOY_FIPS_ENDPOINT", endpoint})
