@@ -256,8 +256,19 @@ func (c *Convoy) HTTPClient(t testing.TB, p tlsconf.Profile) *http.Client {
 }
 
 // ClientEnv is the environment for a CLI client talking to convoy: the
-// caller's, with convoy.env on top and no shared AWS config.
+// caller's, with convoy.env on top and no shared AWS config. Each extra
+// "NAME=value" is added; "!NAME" removes NAME (an empty AWS_CA_BUNDLE is not
+// the same as none: botocore then skips verification).
 func (c *Convoy) ClientEnv(extra ...string) []string {
+	drop := map[string]bool{}
+	var add []string
+	for _, e := range extra {
+		if name, ok := strings.CutPrefix(e, "!"); ok {
+			drop[name] = true
+		} else {
+			add = append(add, e)
+		}
+	}
 	env := []string{"AWS_CONFIG_FILE=/dev/null", "AWS_SHARED_CREDENTIALS_FILE=/dev/null", "AWS_PAGER=", "AWS_EC2_METADATA_DISABLED=true"}
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "AWS_") {
@@ -265,9 +276,11 @@ func (c *Convoy) ClientEnv(extra ...string) []string {
 		}
 	}
 	for k, v := range c.Env {
-		env = append(env, k+"="+v)
+		if !drop[k] {
+			env = append(env, k+"="+v)
+		}
 	}
-	return append(env, extra...)
+	return append(env, add...)
 }
 
 // Result is what a command printed and how it ended.

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every convoy test on a Debian machine: installs the real clients the
+# end-to-end tests drive (when missing), then vets and tests the whole module.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin"
+
+need=()
+command -v testssl >/dev/null || need+=(testssl.sh)
+command -v sslscan >/dev/null || need+=(sslscan)
+[ -x /usr/bin/aws ] || need+=(awscli)
+python3 -c 'import boto3' 2>/dev/null || need+=(python3-boto3)
+command -v tshark >/dev/null || need+=(tshark)
+command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
+command -v runc >/dev/null || need+=(runc)
+command -v stunnel4 >/dev/null || need+=(stunnel4)
+command -v iperf3 >/dev/null || need+=(iperf3)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing test tools: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+go vet ./...
+go test -count=1 -timeout 40m ./...
