@@ -15,6 +15,7 @@ command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
 command -v runc >/dev/null || need+=(runc)
 command -v stunnel4 >/dev/null || need+=(stunnel4)
 command -v iperf3 >/dev/null || need+=(iperf3)
+command -v faketime >/dev/null || need+=(faketime)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test tools: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -95,13 +95,17 @@ func WriteError(w http.ResponseWriter, r *http.Request, p Protocol, err *Error) 
 	h := w.Header()
 	switch p {
 	case JSON, RestJSON:
+		code := err.Code
+		if code == "AccessDenied" {
+			code = "AccessDeniedException" // the JSON services' name for it
+		}
 		ct := "application/x-amz-json-1.1"
 		if p == RestJSON {
 			ct = "application/json"
 		}
 		h.Set("Content-Type", ct)
-		h.Set("x-amzn-ErrorType", err.Code)
-		body, _ := json.Marshal(map[string]string{"__type": err.Code, "message": err.Message})
+		h.Set("x-amzn-ErrorType", code)
+		body, _ := json.Marshal(map[string]string{"__type": code, "message": err.Message})
 		h.Set("Content-Length", strconv.Itoa(len(body)))
 		w.WriteHeader(status)
 		w.Write(body)

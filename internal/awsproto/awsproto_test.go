@@ -15,8 +15,8 @@ func TestDetect(t *testing.T) {
 	}
 	tests := []struct {
 		name, method, path, target, authz, ctype string
-		service                                 string
-		proto                                   Protocol
+		service                                  string
+		proto                                    Protocol
 	}{
 		{"sagemaker json", "POST", "/", "SageMaker.ListTrainingJobs", auth("sagemaker"), "application/x-amz-json-1.1", "sagemaker", JSON},
 		{"kms json", "POST", "/", "TrentService.Encrypt", auth("kms"), "application/x-amz-json-1.1", "kms", JSON},

@@ -17,12 +17,14 @@ import (
 	"syscall"
 	"time"
 
+	"convoy/internal/auth"
 	"convoy/internal/fsutil"
 	"convoy/internal/iam"
 	"convoy/internal/pki"
 	"convoy/internal/sealbox"
 	"convoy/internal/server"
 	"convoy/internal/state"
+	"convoy/internal/sts"
 	"convoy/internal/tlsconf"
 )
 
@@ -41,6 +43,8 @@ type Options struct {
 	TLSCert, TLSKey string
 	// CACert/CAKey make convoy issue from a user's CA instead of its own.
 	CACert, CAKey string
+	// STSMinDuration overrides the shortest STS session (15 min), for tests.
+	STSMinDuration time.Duration
 	// ShutdownTimeout bounds how long in-flight requests may take to finish.
 	ShutdownTimeout time.Duration
 
@@ -124,10 +128,17 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 
+	tokens := sts.New(ids, box, log)
+	if o.STSMinDuration > 0 {
+		tokens.MinDuration = o.STSMinDuration
+	}
 	srv := server.New(server.Config{
 		TLS:    tlsconf.Server(o.Profile, certs.GetCertificate, tlsconf.ServerOptions{}),
 		Logger: log,
+		Auth:   auth.New(ids, tokens),
 	})
+	srv.Handle("iam", iam.NewAPI(ids, log))
+	srv.Handle("sts", tokens)
 	srv.CertificateServed(certs.Leaf())
 	switch c := certs.(type) {
 	case *pki.Rotator:

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"sync/atomic"
 	"time"
 
 	"convoy/internal/sealbox"
@@ -35,6 +36,41 @@ var migrations = []string{
 		status        TEXT NOT NULL DEFAULT 'Active',
 		created       TEXT NOT NULL
 	);`,
+	`CREATE TABLE iam_roles (
+		name         TEXT PRIMARY KEY,
+		role_id      TEXT NOT NULL UNIQUE,
+		path         TEXT NOT NULL DEFAULT '/',
+		trust_policy TEXT NOT NULL,
+		description  TEXT NOT NULL DEFAULT '',
+		max_session  INTEGER NOT NULL DEFAULT 3600,
+		created      TEXT NOT NULL
+	);
+	CREATE TABLE iam_policies (
+		arn         TEXT PRIMARY KEY,
+		name        TEXT NOT NULL,
+		policy_id   TEXT NOT NULL UNIQUE,
+		path        TEXT NOT NULL DEFAULT '/',
+		document    TEXT NOT NULL,
+		description TEXT NOT NULL DEFAULT '',
+		created     TEXT NOT NULL,
+		updated     TEXT NOT NULL
+	);
+	-- kind is 'user' or 'role'; owner is the user or role name.
+	CREATE TABLE iam_inline_policies (
+		kind     TEXT NOT NULL,
+		owner    TEXT NOT NULL,
+		name     TEXT NOT NULL,
+		document TEXT NOT NULL,
+		PRIMARY KEY (kind, owner, name)
+	);
+	CREATE TABLE iam_attachments (
+		kind       TEXT NOT NULL,
+		owner      TEXT NOT NULL,
+		policy_arn TEXT NOT NULL,
+		PRIMARY KEY (kind, owner, policy_arn)
+	);
+	INSERT INTO iam_attachments (kind, owner, policy_arn)
+		SELECT 'user', 'admin', 'arn:aws:iam::aws:policy/AdministratorAccess' FROM iam_users WHERE name = 'admin';`,
 }
 
 // AdminUser is the user created on first start, whose key convoy.env holds.
@@ -45,6 +81,9 @@ type Store struct {
 	db        *state.DB
 	box       *sealbox.Box
 	accountID string
+	// gen counts IAM writes; caches keyed by it are dropped on any change.
+	gen   atomic.Int64
+	cache caches
 }
 
 // Open migrates the IAM tables and creates the account on first use.
@@ -52,7 +91,7 @@ func Open(ctx context.Context, db *state.DB, box *sealbox.Box) (*Store, error) {
 	if err := db.Migrate(ctx, "iam", migrations); err != nil {
 		return nil, err
 	}
-	s := &Store{db: db, box: box}
+	s := &Store{db: db, box: box, cache: caches{keys: map[string]keyEntry{}, docs: map[string]docsEntry{}}}
 	err := db.Tx(ctx, func(tx *sql.Tx) error {
 		err := tx.QueryRowContext(ctx, `SELECT account_id FROM iam_account`).Scan(&s.accountID)
 		if !errors.Is(err, sql.ErrNoRows) {
@@ -103,6 +142,10 @@ func (s *Store) EnsureAdmin(ctx context.Context) (AccessKey, error) {
 			AdminUser, newID("AIDA"), now()); err != nil {
 			return err
 		}
+		if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO iam_attachments (kind, owner, policy_arn) VALUES ('user', ?, ?)`,
+			AdminUser, AdministratorAccess); err != nil {
+			return err
+		}
 		key = AccessKey{ID: newID("AKIA"), Secret: newSecret(), User: AdminUser}
 		_, err = tx.ExecContext(ctx, `INSERT INTO iam_access_keys (access_key_id, user_name, secret_sealed, created) VALUES (?, ?, ?, ?)`,
 			key.ID, AdminUser, s.box.Seal([]byte(key.Secret), []byte(key.ID)), now())
@@ -135,3 +178,9 @@ func newAccountID() string {
 	n, _ := rand.Int(rand.Reader, big.NewInt(9e11))
 	return fmt.Sprintf("%012d", n.Int64()+1e11)
 }
+
+// NewTemporaryKeyID returns an access key ID for STS credentials (ASIA…).
+func NewTemporaryKeyID() string { return newID("ASIA") }
+
+// NewSecret returns a new secret access key.
+func NewSecret() string { return newSecret() }

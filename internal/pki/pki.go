@@ -40,7 +40,7 @@ const (
 	caFile      = "ca-key.pem" // key and certificate, 0600
 	caPublic    = "ca.pem"     // certificate only, for clients
 	caLifetime  = 10 * 365 * 24 * time.Hour
-	backdate    = 5 * time.Minute // tolerate peers whose clocks run slightly behind
+	backdate    = time.Hour // tolerate peers whose clocks run behind (then SigV4 says RequestTimeTooSkewed, not a TLS error)
 	keyPEMType  = "PRIVATE KEY"
 	certPEMType = "CERTIFICATE"
 )

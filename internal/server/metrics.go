@@ -14,6 +14,7 @@ type metrics struct {
 	duration          *prometheus.HistogramVec
 	handshakeFailures prometheus.Counter
 	certExpiry        prometheus.Gauge
+	panics            prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -35,8 +36,12 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 			Name: "convoy_tls_certificate_expiry_timestamp_seconds",
 			Help: "When the serving certificate currently in use expires (Unix time).",
 		}),
+		panics: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "convoy_http_handler_panics_total",
+			Help: "Requests whose handler panicked (answered with InternalFailure); each is a bug.",
+		}),
 	}
-	reg.MustRegister(m.requests, m.duration, m.handshakeFailures, m.certExpiry,
+	reg.MustRegister(m.requests, m.duration, m.handshakeFailures, m.certExpiry, m.panics,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -11,10 +11,12 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"log"
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -33,6 +35,17 @@ type Config struct {
 	Registry *prometheus.Registry
 	// MaxHeaderBytes bounds request headers; 0 means 1 MiB.
 	MaxHeaderBytes int
+	// Auth authenticates every API request before it is routed; nil
+	// refuses every signed request.
+	Auth Authenticator
+}
+
+// Authenticator verifies a request's signature and returns it with the
+// caller's principal in its context, or the AWS error to answer with.
+type Authenticator interface {
+	Authenticate(r *http.Request, service string) (*http.Request, *awsproto.Error)
+	// Caller names the principal of an authenticated request, for the log.
+	Caller(r *http.Request) string
 }
 
 // Server routes AWS API requests to services.
@@ -97,14 +110,7 @@ func (s *Server) Shutdown(ctx context.Context) error { return s.http.Shutdown(ct
 // route sends a request to the service that owns it.
 func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 	service, proto := awsproto.Detect(r)
-	s.mu.RLock()
-	h := s.services[service]
-	s.mu.RUnlock()
-	if h != nil {
-		h.ServeHTTP(w, r)
-		return
-	}
-	if service == "" {
+	if service == "" || s.cfg.Auth == nil {
 		// Anonymous requests are refused: every API call must be signed.
 		code := "MissingAuthenticationToken"
 		if proto == awsproto.RestXML {
@@ -112,6 +118,22 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 		}
 		awsproto.WriteError(w, r, proto, awsproto.Errorf(http.StatusForbidden, code,
 			"Request is missing Authentication Token: sign it with AWS Signature Version 4 (the aws CLI and SDKs do this when credentials are configured)"))
+		return
+	}
+	authed, aerr := s.cfg.Auth.Authenticate(r, service)
+	if aerr != nil {
+		awsproto.WriteError(w, r, proto, aerr)
+		return
+	}
+	r = authed
+	if info := requestInfoFrom(r.Context()); info != nil {
+		info.caller = s.cfg.Auth.Caller(r)
+	}
+	s.mu.RLock()
+	h := s.services[service]
+	s.mu.RUnlock()
+	if h != nil {
+		h.ServeHTTP(w, r)
 		return
 	}
 	s.unknownOperation(w, r, service, proto)
@@ -174,10 +196,30 @@ func (s *Server) withRequestLog(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		ctx, id := awsproto.WithRequestID(r.Context())
+		info := &requestInfo{}
+		ctx = context.WithValue(ctx, requestInfoKey{}, info)
 		awsproto.SetRequestIDHeaders(w.Header(), id)
 		sw := &statusWriter{ResponseWriter: w}
 		service, proto := awsproto.Detect(r)
-		next.ServeHTTP(sw, r.WithContext(ctx))
+		r = r.WithContext(ctx)
+		func() {
+			// A bug in one handler answers that request with an AWS
+			// InternalFailure and is logged; it never takes the server down.
+			defer func() {
+				if v := recover(); v != nil {
+					if v == http.ErrAbortHandler {
+						panic(v)
+					}
+					s.log.Error("handler panic", "request_id", id, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+					s.metrics.panics.Inc()
+					if sw.status == 0 {
+						awsproto.WriteError(sw, r, proto, awsproto.Errorf(http.StatusInternalServerError, "InternalFailure",
+							"internal error; request ID %s", id))
+					}
+				}
+			}()
+			next.ServeHTTP(sw, r)
+		}()
 		if sw.status == 0 {
 			sw.status = http.StatusOK
 		}
@@ -195,8 +237,23 @@ func (s *Server) withRequestLog(next http.Handler) http.Handler {
 		if op := r.Header.Get("X-Amz-Target"); op != "" {
 			attrs = append(attrs, "operation", op)
 		}
+		if info.caller != "" {
+			attrs = append(attrs, "caller", info.caller)
+		}
 		s.log.Info("request", attrs...)
 	})
+}
+
+// requestInfo collects what the access log reports beyond the request line.
+type requestInfo struct {
+	caller string
+}
+
+type requestInfoKey struct{}
+
+func requestInfoFrom(ctx context.Context) *requestInfo {
+	i, _ := ctx.Value(requestInfoKey{}).(*requestInfo)
+	return i
 }
 
 // httpErrorLog turns net/http's log lines into structured, counted events.
