@@ -222,7 +222,7 @@ func (s *Store) Decide(ctx context.Context, p *Principal, action, resource strin
 	for k, v := range cond {
 		c[k] = v
 	}
-	req := policy.Request{Action: action, Resource: resource, Principal: p.PolicyARN(), PrincipalAccount: p.AccountID, Context: c}
+	req := policy.Request{Action: action, Resource: resource, Principal: p.ARN, PrincipalAccount: p.AccountID, Context: c}
 	decision := policy.Evaluate(docs, req)
 	switch decision {
 	case policy.ExplicitDeny:

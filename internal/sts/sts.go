@@ -229,7 +229,7 @@ func (s *Service) assumeRole(r *http.Request, p *iam.Principal) (any, error) {
 	if err != nil {
 		return nil, notAuthorized
 	}
-	req := policy.Request{Action: "sts:AssumeRole", Resource: role.ARN, Principal: p.PolicyARN(),
+	req := policy.Request{Action: "sts:AssumeRole", Resource: role.ARN, Principal: p.ARN,
 		PrincipalAccount: p.AccountID, Context: s.iam.RequestContext(p)}
 	if policy.Evaluate([]*policy.Document{trust}, req) != policy.Allow {
 		return nil, notAuthorized
