@@ -25,3 +25,13 @@ fi
 
 go vet ./...
 go test -count=1 -timeout 40m ./...
+
+# Every fuzz target also runs for a few seconds of real fuzzing (go test runs
+# only their seed corpus); a crasher fails the run and is kept in testdata/.
+fuzztime="${CONVOY_FUZZTIME:-4s}"
+for pkg in $(go list ./...); do
+  for target in $(go test -list '^Fuzz' "$pkg" | grep '^Fuzz' || true); do
+    echo "fuzz $pkg $target ($fuzztime)"
+    go test -run '^$' -fuzz "^${target}\$" -fuzztime "$fuzztime" "$pkg" 2>&1 | tail -n 20
+  done
+done

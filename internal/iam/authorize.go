@@ -253,3 +253,22 @@ func denied(p *Principal, action, resource, why string) error {
 // ResourceARN returns the ARN of an IAM resource in this account
 // (kind "user", "role", "policy").
 func (s *Store) ResourceARN(kind, name string) string { return s.arn(kind, "/", name) }
+
+// AuthorizePassRole checks that p may hand the role roleARN to service (for
+// example "sagemaker.amazonaws.com" when creating a training job): the role
+// must exist in this account and p needs iam:PassRole on it, with the
+// iam:PassedToService condition key set, as on AWS.
+func (s *Store) AuthorizePassRole(ctx context.Context, p *Principal, roleARN, service string) (Role, error) {
+	role, err := s.RoleByARN(ctx, roleARN)
+	if err != nil {
+		// Do not tell a caller who may not pass the role whether it exists.
+		if aerr := s.Authorize(ctx, p, "iam:PassRole", roleARN, map[string][]string{"iam:PassedToService": {service}}); aerr != nil {
+			return Role{}, aerr
+		}
+		return Role{}, err
+	}
+	if err := s.Authorize(ctx, p, "iam:PassRole", role.ARN, map[string][]string{"iam:PassedToService": {service}}); err != nil {
+		return Role{}, err
+	}
+	return role, nil
+}

@@ -20,8 +20,8 @@ func TestAWSCLIReachesConvoyOverTLS(t *testing.T) {
 				code string
 			}{
 				{[]string{"sagemaker", "list-training-jobs"}, "(UnknownOperationException)"},
-				{[]string{"iam", "list-users"}, "(InvalidAction)"},
-				{[]string{"s3api", "list-buckets"}, "(NotImplemented)"},
+				{[]string{"iam", "list-groups"}, "(InvalidAction)"},
+				{[]string{"s3api", "get-bucket-acl", "--bucket", "nothing"}, "(NotImplemented)"},
 			} {
 				r := c.AWS(t, cli, tc.args)
 				if !strings.Contains(r.Stderr, tc.code) {
