@@ -20,6 +20,8 @@ import (
 	"convoy/internal/auth"
 	"convoy/internal/fsutil"
 	"convoy/internal/iam"
+	"convoy/internal/kms"
+	"convoy/internal/objectstore"
 	"convoy/internal/pki"
 	"convoy/internal/sealbox"
 	"convoy/internal/server"
@@ -139,6 +141,19 @@ func Run(ctx context.Context, o Options) error {
 	})
 	srv.Handle("iam", iam.NewAPI(ids, log))
 	srv.Handle("sts", tokens)
+	keys, err := kms.Open(ctx, db, box, ids, o.Region, log)
+	if err != nil {
+		return err
+	}
+	srv.Handle("kms", keys)
+	objects, err := objectstore.Open(ctx, objectstore.Config{
+		Dir: mkdir(o.DataDir, "objects"), DB: db, Box: box, KMS: keys, IAM: ids, Region: o.Region, Log: log,
+		VirtualHosts: virtualHosts(o.ExtraNames), Registry: srv.Registry(),
+	})
+	if err != nil {
+		return err
+	}
+	srv.Handle("s3", objects)
 	srv.CertificateServed(certs.Leaf())
 	switch c := certs.(type) {
 	case *pki.Rotator:
@@ -245,6 +260,20 @@ func serverNames(addr *net.TCPAddr, extra []string) []string {
 		}
 	}
 	return names
+}
+
+// virtualHosts are the names under which <bucket>.<name> addresses a bucket.
+func virtualHosts(extra []string) []string {
+	hosts := []string{"localhost"}
+	if h, err := os.Hostname(); err == nil {
+		hosts = append(hosts, h)
+	}
+	for _, n := range extra {
+		if net.ParseIP(n) == nil && n != "" {
+			hosts = append(hosts, n)
+		}
+	}
+	return hosts
 }
 
 func containsFold(list []string, s string) bool {

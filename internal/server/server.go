@@ -67,15 +67,26 @@ func New(cfg Config) *Server {
 		cfg.MaxHeaderBytes = 1 << 20
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, services: map[string]http.Handler{}, metrics: newMetrics(cfg.Registry)}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain")
-		w.Write([]byte("ok\n"))
+	metricsHandler := promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{})
+	// No ServeMux: it would "clean" S3 keys such as a/../b into redirects.
+	// /healthz and /metrics are the only unsigned paths; a signed request to
+	// them is an API call (a bucket may be called "metrics").
+	top := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && awsproto.SigningService(r) == "" {
+			switch r.URL.Path {
+			case "/healthz":
+				w.Header().Set("Content-Type", "text/plain")
+				w.Write([]byte("ok\n"))
+				return
+			case "/metrics":
+				metricsHandler.ServeHTTP(w, r)
+				return
+			}
+		}
+		s.route(w, r)
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/", s.route)
 	s.http = &http.Server{
-		Handler:           s.withRequestLog(mux),
+		Handler:           s.withRequestLog(top),
 		TLSConfig:         cfg.TLS,
 		ReadHeaderTimeout: 15 * time.Second, // also bounds the TLS handshake
 		IdleTimeout:       2 * time.Minute,

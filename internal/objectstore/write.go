@@ -1,0 +1,244 @@
+package objectstore
+
+import (
+	"bufio"
+	"crypto/md5" // S3's ETag is an MD5; it is an identifier here, never a security check
+	"crypto/rand"
+	"crypto/sha1"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"hash"
+	"hash/crc32"
+	"hash/crc64"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"convoy/internal/objectstore/sealed"
+)
+
+// checksumAlgos are the flexible checksums S3 accepts, by header suffix.
+var checksumAlgos = map[string]func() hash.Hash{
+	"crc32":     func() hash.Hash { return crc32.NewIEEE() },
+	"crc32c":    func() hash.Hash { return crc32.New(crc32.MakeTable(crc32.Castagnoli)) },
+	"crc64nvme": func() hash.Hash { return crc64.New(crc64.MakeTable(0x9a6c9329ac4bc9b5)) },
+	"sha1":      sha1.New,
+	"sha256":    sha256.New,
+}
+
+// requestedChecksum returns the checksum algorithm a request carries and the
+// value it claims ("" when it is sent as a trailer, which the SigV4 layer
+// verifies as the body ends).
+func requestedChecksum(r *http.Request) (algo, value string, err error) {
+	for name := range checksumAlgos {
+		if v := r.Header.Get("X-Amz-Checksum-" + name); v != "" {
+			return name, v, nil
+		}
+	}
+	if t := strings.ToLower(r.Header.Get("X-Amz-Trailer")); strings.HasPrefix(t, "x-amz-checksum-") {
+		algo = strings.TrimPrefix(t, "x-amz-checksum-")
+	} else {
+		algo = strings.ToLower(r.Header.Get("X-Amz-Sdk-Checksum-Algorithm"))
+	}
+	if algo != "" && checksumAlgos[algo] == nil {
+		return "", "", s3err(http.StatusBadRequest, "InvalidRequest", "checksum algorithm %q is not supported", algo)
+	}
+	return algo, "", nil
+}
+
+// written is the result of storing one body.
+type written struct {
+	file     string
+	size     int64
+	md5      []byte
+	checksum string // base64, of the algorithm asked for
+}
+
+// writeBody encrypts body into a new object file under dataKey and returns
+// it once it is durable (synced and renamed into place). binding ties the
+// file to its name, so a file copied over another is refused on read.
+// On any error, nothing is left behind.
+func (s *Store) writeBody(r *http.Request, body io.Reader, dataKey []byte, limit int64, algo string) (written, error) {
+	id := newID()
+	tmp := filepath.Join(s.cfg.Dir, "tmp", id)
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return written{}, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	bw := bufio.NewWriterSize(f, 256<<10)
+	enc, err := sealed.NewWriter(bw, dataKey, []byte(id), sealed.DefaultSegmentSize)
+	if err != nil {
+		return written{}, err
+	}
+	sum := md5.New()
+	writers := []io.Writer{enc, sum}
+	var check hash.Hash
+	if algo != "" {
+		check = checksumAlgos[algo]()
+		writers = append(writers, check)
+	}
+	n, err := io.CopyBuffer(io.MultiWriter(writers...), io.LimitReader(body, limit+1), make([]byte, 256<<10))
+	if err != nil {
+		return written{}, err
+	}
+	if n > limit {
+		return written{}, s3err(http.StatusBadRequest, "EntityTooLarge", "Your proposed upload exceeds the maximum allowed size of %d bytes", limit)
+	}
+	if want := expectedLength(r); want >= 0 && n != want {
+		return written{}, s3err(http.StatusBadRequest, "IncompleteBody", "You did not provide the number of bytes specified by the Content-Length HTTP header (%d of %d).", n, want)
+	}
+	if err := enc.Close(); err != nil {
+		return written{}, err
+	}
+	if err := bw.Flush(); err != nil {
+		return written{}, err
+	}
+	if err := f.Sync(); err != nil {
+		return written{}, err
+	}
+	if err := f.Close(); err != nil {
+		return written{}, err
+	}
+	if err := s.promote(tmp, id); err != nil {
+		return written{}, err
+	}
+	ok = true
+	s.metrics.bytesIn.Add(float64(n))
+	out := written{file: id, size: n, md5: sum.Sum(nil)}
+	if check != nil {
+		out.checksum = base64.StdEncoding.EncodeToString(check.Sum(nil))
+	}
+	return out, nil
+}
+
+// expectedLength is the plaintext length the client announced, or -1.
+func expectedLength(r *http.Request) int64 {
+	if v := r.Header.Get("X-Amz-Decoded-Content-Length"); v != "" {
+		var n int64
+		if _, err := fmt.Sscan(v, &n); err == nil {
+			return n
+		}
+	}
+	if strings.Contains(r.Header.Get("Content-Encoding"), "aws-chunked") ||
+		strings.HasPrefix(r.Header.Get("X-Amz-Content-Sha256"), "STREAMING-") {
+		return -1
+	}
+	return r.ContentLength
+}
+
+// verifyDigests checks Content-MD5 and a checksum header against what was
+// stored.
+func verifyDigests(r *http.Request, w written, algo, claimed string) error {
+	if v := r.Header.Get("Content-Md5"); v != "" {
+		want, err := base64.StdEncoding.DecodeString(v)
+		if err != nil || len(want) != md5.Size {
+			return s3err(http.StatusBadRequest, "InvalidDigest", "The Content-MD5 you specified was invalid.")
+		}
+		if string(want) != string(w.md5) {
+			return s3err(http.StatusBadRequest, "BadDigest", "The Content-MD5 you specified did not match what we received.")
+		}
+	}
+	if claimed != "" && claimed != w.checksum {
+		return s3err(http.StatusBadRequest, "BadDigest", "The %s you specified did not match the calculated checksum.", strings.ToUpper(algo))
+	}
+	return nil
+}
+
+// objectMeta is what a client set on an object besides its bytes. It is
+// sealed under the master key at rest.
+type objectMeta struct {
+	ContentType        string            `json:"ct,omitempty"`
+	ContentEncoding    string            `json:"ce,omitempty"`
+	ContentDisposition string            `json:"cd,omitempty"`
+	ContentLanguage    string            `json:"cl,omitempty"`
+	CacheControl       string            `json:"cc,omitempty"`
+	Expires            string            `json:"ex,omitempty"`
+	User               map[string]string `json:"u,omitempty"`
+}
+
+func metaFromRequest(r *http.Request) objectMeta {
+	m := objectMeta{
+		ContentType: r.Header.Get("Content-Type"), ContentDisposition: r.Header.Get("Content-Disposition"),
+		ContentLanguage: r.Header.Get("Content-Language"), CacheControl: r.Header.Get("Cache-Control"),
+		Expires: r.Header.Get("Expires"),
+	}
+	// aws-chunked is a transfer detail, not the object's encoding.
+	var encs []string
+	for _, e := range strings.Split(r.Header.Get("Content-Encoding"), ",") {
+		if e = strings.TrimSpace(e); e != "" && e != "aws-chunked" {
+			encs = append(encs, e)
+		}
+	}
+	m.ContentEncoding = strings.Join(encs, ",")
+	if m.ContentType == "" {
+		m.ContentType = "binary/octet-stream"
+	}
+	for k, v := range r.Header {
+		if name, ok := strings.CutPrefix(strings.ToLower(k), "x-amz-meta-"); ok {
+			if m.User == nil {
+				m.User = map[string]string{}
+			}
+			m.User[name] = strings.Join(v, ",")
+		}
+	}
+	return m
+}
+
+func (s *Store) sealMeta(m objectMeta, objectID string) []byte {
+	raw, _ := json.Marshal(m)
+	return s.cfg.Box.Seal(raw, []byte("s3-meta:"+objectID))
+}
+
+func (s *Store) openMeta(sealedMeta []byte, objectID string) (objectMeta, error) {
+	raw, err := s.cfg.Box.Open(sealedMeta, []byte("s3-meta:"+objectID))
+	if err != nil {
+		return objectMeta{}, fmt.Errorf("object %s metadata: %w", objectID, err)
+	}
+	var m objectMeta
+	err = json.Unmarshal(raw, &m)
+	return m, err
+}
+
+func (m objectMeta) apply(h http.Header) {
+	set := func(k, v string) {
+		if v != "" {
+			h.Set(k, v)
+		}
+	}
+	set("Content-Type", m.ContentType)
+	set("Content-Encoding", m.ContentEncoding)
+	set("Content-Disposition", m.ContentDisposition)
+	set("Content-Language", m.ContentLanguage)
+	set("Cache-Control", m.CacheControl)
+	set("Expires", m.Expires)
+	for k, v := range m.User {
+		h["X-Amz-Meta-"+k] = []string{v}
+	}
+}
+
+// multipartETag is S3's ETag of a multipart object: the MD5 of the parts'
+// MD5s, then "-" and the number of parts.
+func multipartETag(partMD5s [][]byte) string {
+	h := md5.New()
+	for _, m := range partMD5s {
+		h.Write(m)
+	}
+	return fmt.Sprintf("\"%x-%d\"", h.Sum(nil), len(partMD5s))
+}
+
+func randomKey() []byte {
+	k := make([]byte, 32)
+	rand.Read(k)
+	return k
+}
