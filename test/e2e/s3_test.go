@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"convoy/test/e2e/harness"
 )
@@ -64,6 +65,11 @@ func TestS3WithAWSCLIs(t *testing.T) {
 				t.Fatalf("s3 cp down: %v\n%s", r.Err, r.Stderr)
 			}
 			sameFile(t, src, back)
+			// Streaming, not buffering: the server's memory stays far below
+			// the object's size.
+			if peak := c.PeakRSS(t); size >= 200<<20 && peak > 160<<20 {
+				t.Errorf("convoy peaked at %d MiB of memory for a %d MiB object", peak>>20, size>>20)
+			}
 
 			head := awsJSON(t, c, cli, []string{"s3api", "head-object", "--bucket", bucket, "--key", "models/big.bin"})
 			if str(head, "ServerSideEncryption") != "aws:kms" || str(head, "SSEKMSKeyId") != key {
@@ -198,4 +204,44 @@ func TestS3GetNeedsKMSDecrypt(t *testing.T) {
 	out2 := filepath.Join(dir, "out2.csv")
 	awsJSON(t, c, cli, []string{"s3api", "get-object", "--bucket", "secret", "--key", "record.csv", out2}, analyst...)
 	sameFile(t, src, out2)
+}
+
+// A presigned S3 GET made by boto3 (SigV4) works with curl until it
+// expires, and fails once one character changes.
+func TestS3PresignedGetWithCurl(t *testing.T) {
+	curl := harness.Tool(t, "curl")
+	py := harness.Tool(t, "python3")
+	c := harness.Start(t, harness.Options{})
+	script := `
+import os, boto3, botocore.config
+s3 = boto3.client("s3", endpoint_url=os.environ["CONVOY_ENDPOINT"],
+                  config=botocore.config.Config(signature_version="s3v4", s3={"addressing_style": "path"}))
+s3.create_bucket(Bucket="shared")
+s3.put_object(Bucket="shared", Key="model card.txt", Body=b"weights are fine\n", ServerSideEncryption="aws:kms")
+print(s3.generate_presigned_url("get_object", Params={"Bucket": "shared", "Key": "model card.txt"}, ExpiresIn=3))
+`
+	cmd := exec.Command(py, "-c", script)
+	cmd.Env = c.ClientEnv()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("boto3: %v\n%s", err, out)
+	}
+	url := strings.TrimSpace(string(out))
+	fetch := func(u string) (string, string) {
+		o, _ := exec.Command(curl, "-sS", "--cacert", c.CABundle, "-w", "\n%{http_code}", u).CombinedOutput()
+		s := strings.TrimSpace(string(o))
+		i := strings.LastIndex(s, "\n")
+		return s[i+1:], strings.TrimSpace(s[:max(i, 0)])
+	}
+	if code, body := fetch(url); code != "200" || body != "weights are fine" {
+		t.Fatalf("presigned GET: %s %q", code, body)
+	}
+	tampered := strings.Replace(url, "model%20card", "model%20cart", 1)
+	if code, body := fetch(tampered); code != "403" || !strings.Contains(body, "SignatureDoesNotMatch") {
+		t.Fatalf("tampered presigned GET: %s %s", code, body)
+	}
+	time.Sleep(4 * time.Second)
+	if code, body := fetch(url); code != "403" || !strings.Contains(body, "AccessDenied") {
+		t.Fatalf("expired presigned GET: %s %s", code, body)
+	}
 }

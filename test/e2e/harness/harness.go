@@ -223,6 +223,24 @@ func (c *Convoy) Wait(timeout time.Duration) error {
 	}
 }
 
+// PeakRSS returns the process's peak resident memory (VmHWM) in bytes.
+func (c *Convoy) PeakRSS(t testing.TB) int64 {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			var kb int64
+			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), &kb)
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmHWM in /proc status")
+	return 0
+}
+
 // Exited reports whether the process has ended.
 func (c *Convoy) Exited() bool {
 	select {
