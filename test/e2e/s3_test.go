@@ -245,3 +245,43 @@ print(s3.generate_presigned_url("get_object", Params={"Bucket": "shared", "Key":
 		t.Fatalf("expired presigned GET: %s %s", code, body)
 	}
 }
+
+// A bucket policy grants and denies alongside IAM: it lets a user with no
+// identity policy read, and its explicit Deny (conditioned on
+// aws:SecureTransport, always true on convoy) overrides that user's own
+// AdministratorAccess.
+func TestS3BucketPolicy(t *testing.T) {
+	c := harness.Start(t, harness.Options{})
+	cli := harness.Tool(t, "aws")
+	dir := t.TempDir()
+	src := filepath.Join(dir, "f.txt")
+	os.WriteFile(src, []byte("shared data\n"), 0o600)
+	if r := c.AWS(t, cli, []string{"s3", "mb", "s3://shared"}); r.Err != nil {
+		t.Fatal(r.Stderr)
+	}
+	if r := c.AWS(t, cli, []string{"s3", "cp", src, "s3://shared/f.txt"}); r.Err != nil {
+		t.Fatal(r.Stderr)
+	}
+	mkUser := func(name string) []string {
+		awsJSON(t, c, cli, []string{"iam", "create-user", "--user-name", name})
+		k := awsJSON(t, c, cli, []string{"iam", "create-access-key", "--user-name", name})
+		return creds(str(k, "AccessKey", "AccessKeyId"), str(k, "AccessKey", "SecretAccessKey"), "")
+	}
+	reader, boss := mkUser("reader"), mkUser("boss")
+	awsJSON(t, c, cli, []string{"iam", "attach-user-policy", "--user-name", "boss", "--policy-arn", "arn:aws:iam::aws:policy/AdministratorAccess"})
+	account := str(awsJSON(t, c, cli, []string{"sts", "get-caller-identity"}), "Account")
+	out := filepath.Join(dir, "out.txt")
+	awsFails(t, c, cli, "AccessDenied", []string{"s3api", "get-object", "--bucket", "shared", "--key", "f.txt", out}, reader...)
+
+	pol := fmt.Sprintf(`{"Version":"2012-10-17","Statement":[
+ {"Sid":"ReaderMayRead","Effect":"Allow","Principal":{"AWS":"arn:aws:iam::%[1]s:user/reader"},"Action":"s3:GetObject","Resource":"arn:aws:s3:::shared/*"},
+ {"Sid":"NotOverPlaintext","Effect":"Deny","Principal":"*","Action":"s3:*","Resource":["arn:aws:s3:::shared","arn:aws:s3:::shared/*"],"Condition":{"Bool":{"aws:SecureTransport":"false"}}},
+ {"Sid":"NoBoss","Effect":"Deny","Principal":{"AWS":"arn:aws:iam::%[1]s:user/boss"},"Action":"s3:GetObject","Resource":"arn:aws:s3:::shared/*","Condition":{"Bool":{"aws:SecureTransport":"true"}}}]}`, account)
+	awsJSON(t, c, cli, []string{"s3api", "put-bucket-policy", "--bucket", "shared", "--policy", pol})
+	awsJSON(t, c, cli, []string{"s3api", "get-object", "--bucket", "shared", "--key", "f.txt", out}, reader...)
+	sameFile(t, src, out)
+	awsFails(t, c, cli, "AccessDenied", []string{"s3api", "put-object", "--bucket", "shared", "--key", "g.txt", "--body", src}, reader...)
+	awsFails(t, c, cli, "AccessDenied", []string{"s3api", "get-object", "--bucket", "shared", "--key", "f.txt", out}, boss...)
+	awsFails(t, c, cli, "MalformedPolicy", []string{"s3api", "put-bucket-policy", "--bucket", "shared", "--policy",
+		`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}`})
+}
