@@ -1,0 +1,268 @@
+package sagemaker
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"convoy/internal/awsproto"
+	"convoy/internal/iam"
+	"convoy/internal/sealbox"
+	"convoy/internal/state"
+)
+
+// fakeRunner stands in for the executor in these unit tests: it reports a
+// few statuses and ends the way the test says, or when stopped.
+type fakeRunner struct {
+	outcome Outcome
+	hold    chan struct{}
+}
+
+func (f *fakeRunner) Run(ctx context.Context, job *Job, report Reporter) Outcome {
+	report("Downloading", "Downloading input data")
+	report("Training", "Training image download completed. Training in progress.")
+	select {
+	case <-ctx.Done():
+		return Outcome{Status: Stopped, Secondary: "Stopped"}
+	case <-f.hold:
+	}
+	report("Uploading", "Uploading generated training model")
+	return f.outcome
+}
+
+type env struct {
+	t      *testing.T
+	db     *state.DB
+	ids    *iam.Store
+	svc    *Service
+	admin  *iam.Principal
+	role   string
+	runner *fakeRunner
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	ctx := context.Background()
+	db, err := state.OpenSQLite(ctx, filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	box, _ := sealbox.LoadOrCreate(filepath.Join(t.TempDir(), "mk"))
+	ids, err := iam.Open(ctx, db, box)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := ids.EnsureAdmin(ctx)
+	admin, _ := ids.UserPrincipal(ctx, iam.AdminUser, key.ID)
+	role, err := ids.CreateRole(ctx, iam.Role{Name: "exec", Trust: `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"sagemaker.amazonaws.com"},"Action":"sts:AssumeRole"}]}`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, db: db, ids: ids, admin: admin, role: role.ARN, runner: &fakeRunner{hold: make(chan struct{})}}
+	e.open()
+	return e
+}
+
+func (e *env) open() {
+	svc, err := Open(context.Background(), e.db, e.ids, "us-east-1", e.runner, slog.New(slog.DiscardHandler))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.svc = svc
+}
+
+func (e *env) call(op string, body any, p *iam.Principal) (int, map[string]any) {
+	e.t.Helper()
+	raw, _ := json.Marshal(body)
+	r := httptest.NewRequest("POST", "/", bytes.NewReader(raw))
+	r.Header.Set("X-Amz-Target", "SageMaker."+op)
+	ctx, _ := awsproto.WithRequestID(r.Context())
+	r = r.WithContext(iam.WithPrincipal(ctx, p))
+	w := httptest.NewRecorder()
+	e.svc.ServeHTTP(w, r)
+	out := map[string]any{}
+	b, _ := io.ReadAll(w.Body)
+	json.Unmarshal(b, &out)
+	return w.Code, out
+}
+
+func (e *env) job(name string, mod func(map[string]any)) map[string]any {
+	j := map[string]any{
+		"TrainingJobName":        name,
+		"RoleArn":                e.role,
+		"AlgorithmSpecification": map[string]any{"TrainingImage": "trainer:1", "TrainingInputMode": "File"},
+		"InputDataConfig": []any{map[string]any{"ChannelName": "train", "DataSource": map[string]any{
+			"S3DataSource": map[string]any{"S3DataType": "S3Prefix", "S3Uri": "s3://data/train/"}}}},
+		"OutputDataConfig":  map[string]any{"S3OutputPath": "s3://models/out"},
+		"ResourceConfig":    map[string]any{"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 1},
+		"StoppingCondition": map[string]any{"MaxRuntimeInSeconds": 600},
+	}
+	if mod != nil {
+		mod(j)
+	}
+	return j
+}
+
+func waitStatus(t *testing.T, e *env, name, status string) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, d := e.call("DescribeTrainingJob", map[string]string{"TrainingJobName": name}, e.admin)
+		if d["TrainingJobStatus"] == status {
+			return d
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job %s is %v, want %s", name, d["TrainingJobStatus"], status)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestValidation(t *testing.T) {
+	e := newEnv(t)
+	for _, tc := range []struct {
+		name string
+		mod  func(map[string]any)
+		code string
+		msg  string
+	}{
+		{"bad name", func(j map[string]any) { j["TrainingJobName"] = "bad_name" }, "ValidationException", "trainingJobName"},
+		{"bad role", func(j map[string]any) { j["RoleArn"] = "role" }, "ValidationException", "roleArn"},
+		{"missing role", func(j map[string]any) { j["RoleArn"] = "arn:aws:iam::" + e.ids.AccountID() + ":role/none" }, "ValidationException", "Could not assume role"},
+		{"no image", func(j map[string]any) { j["AlgorithmSpecification"] = map[string]any{"TrainingInputMode": "File"} }, "ValidationException", "TrainingImage"},
+		{"pipe mode", func(j map[string]any) {
+			j["AlgorithmSpecification"] = map[string]any{"TrainingImage": "x", "TrainingInputMode": "Pipe"}
+		}, "ValidationException", "Pipe"},
+		{"zero hosts", func(j map[string]any) { j["ResourceConfig"].(map[string]any)["InstanceCount"] = 0 }, "ValidationException", "InstanceCount"},
+		{"1000 hosts", func(j map[string]any) { j["ResourceConfig"].(map[string]any)["InstanceCount"] = 1000 }, "ValidationException", "InstanceCount"},
+		{"bad output", func(j map[string]any) { j["OutputDataConfig"] = map[string]any{"S3OutputPath": "http://x"} }, "ValidationException", "S3OutputPath"},
+		{"bad channel uri", func(j map[string]any) {
+			j["InputDataConfig"].([]any)[0].(map[string]any)["DataSource"] = map[string]any{"S3DataSource": map[string]any{"S3DataType": "S3Prefix", "S3Uri": "s3:/nope"}}
+		}, "ValidationException", "S3Uri"},
+		{"no runtime", func(j map[string]any) { delete(j, "StoppingCondition") }, "ValidationException", "MaxRuntimeInSeconds"},
+		{"ICE on 2 hosts", func(j map[string]any) {
+			j["EnableInterContainerTrafficEncryption"] = true
+			j["ResourceConfig"].(map[string]any)["InstanceCount"] = 2
+		}, "ValidationException", "unencrypted"},
+	} {
+		status, out := e.call("CreateTrainingJob", e.job("j1", tc.mod), e.admin)
+		if status != 400 || out["__type"] != tc.code || !strings.Contains(out["message"].(string), tc.msg) {
+			t.Errorf("%s: %d %v", tc.name, status, out)
+		}
+	}
+	var n int
+	e.db.QueryRow(`SELECT COUNT(*) FROM sm_training_jobs`).Scan(&n)
+	if n != 0 {
+		t.Fatalf("invalid requests created %d jobs", n)
+	}
+}
+
+func TestLifecycleStopAndRestart(t *testing.T) {
+	e := newEnv(t)
+	status, out := e.call("CreateTrainingJob", e.job("good", nil), e.admin)
+	if status != 200 || !strings.HasSuffix(out["TrainingJobArn"].(string), ":training-job/good") {
+		t.Fatalf("create: %d %v", status, out)
+	}
+	if status, out := e.call("CreateTrainingJob", e.job("good", nil), e.admin); status != 400 || out["__type"] != "ResourceInUse" {
+		t.Fatalf("duplicate: %d %v", status, out)
+	}
+	e.runner.outcome = Outcome{Status: Completed, Secondary: "Completed", ModelArtifacts: "s3://models/out/good/output/model.tar.gz"}
+	close(e.runner.hold)
+	d := waitStatus(t, e, "good", Completed)
+	var seen []string
+	for _, tr := range d["SecondaryStatusTransitions"].([]any) {
+		seen = append(seen, tr.(map[string]any)["Status"].(string))
+	}
+	if strings.Join(seen, ",") != "Starting,Downloading,Training,Uploading,Completed" {
+		t.Fatalf("transitions %v", seen)
+	}
+	if d["ModelArtifacts"].(map[string]any)["S3ModelArtifacts"] != "s3://models/out/good/output/model.tar.gz" || d["TrainingStartTime"] == nil || d["RoleArn"] != e.role {
+		t.Fatalf("describe: %v", d)
+	}
+
+	// StopTrainingJob on a running job.
+	e.runner.hold = make(chan struct{})
+	e.call("CreateTrainingJob", e.job("tostop", nil), e.admin)
+	waitSecondary(t, e, "tostop", "Training")
+	if status, out := e.call("StopTrainingJob", map[string]string{"TrainingJobName": "tostop"}, e.admin); status != 200 {
+		t.Fatalf("stop: %d %v", status, out)
+	}
+	waitStatus(t, e, "tostop", Stopped)
+
+	// A job running when convoy goes away ends Failed, with the reason.
+	e.call("CreateTrainingJob", e.job("orphan", nil), e.admin)
+	waitSecondary(t, e, "orphan", "Training")
+	e.db.Exec(`UPDATE sm_training_jobs SET status = 'InProgress' WHERE name = 'orphan'`)
+	e.open() // a new convoy on the same database
+	d = waitStatus(t, e, "orphan", Failed)
+	if !strings.Contains(d["FailureReason"].(string), "convoy stopped") {
+		t.Fatalf("orphan: %v", d)
+	}
+
+	// List: filters, order, pagination.
+	_, l := e.call("ListTrainingJobs", map[string]any{"MaxResults": 2, "SortBy": "Name", "SortOrder": "Ascending"}, e.admin)
+	if s := l["TrainingJobSummaries"].([]any); len(s) != 2 || s[0].(map[string]any)["TrainingJobName"] != "good" || l["NextToken"] == nil {
+		t.Fatalf("list page 1: %v", l)
+	}
+	_, l = e.call("ListTrainingJobs", map[string]any{"MaxResults": 2, "SortBy": "Name", "SortOrder": "Ascending", "NextToken": l["NextToken"]}, e.admin)
+	if s := l["TrainingJobSummaries"].([]any); len(s) != 1 || s[0].(map[string]any)["TrainingJobName"] != "tostop" || l["NextToken"] != nil {
+		t.Fatalf("list page 2: %v", l)
+	}
+	_, l = e.call("ListTrainingJobs", map[string]any{"StatusEquals": "Failed"}, e.admin)
+	if s := l["TrainingJobSummaries"].([]any); len(s) != 1 {
+		t.Fatalf("list by status: %v", l)
+	}
+	if status, out := e.call("DescribeTrainingJob", map[string]string{"TrainingJobName": "nope"}, e.admin); status != 400 || out["__type"] != "ResourceNotFound" {
+		t.Fatalf("describe missing: %d %v", status, out)
+	}
+}
+
+func waitSecondary(t *testing.T, e *env, name, sec string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, d := e.call("DescribeTrainingJob", map[string]string{"TrainingJobName": name}, e.admin)
+		if d["SecondaryStatus"] == sec {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job %s secondary %v, want %s", name, d["SecondaryStatus"], sec)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestAuthorization(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.ids.CreateUser(ctx, "dev", "")
+	k, _, _ := e.ids.CreateAccessKey(ctx, "dev")
+	dev, _ := e.ids.UserPrincipal(ctx, "dev", k.ID)
+	if status, out := e.call("CreateTrainingJob", e.job("j", nil), dev); status != 403 || out["__type"] != "AccessDeniedException" {
+		t.Fatalf("no permission: %d %v", status, out)
+	}
+	e.ids.PutInlinePolicy(ctx, iam.KindUser, "dev", "sm", `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"sagemaker:*","Resource":"*"}]}`)
+	if status, out := e.call("CreateTrainingJob", e.job("j", nil), dev); status != 403 || !strings.Contains(out["message"].(string), "iam:PassRole") {
+		t.Fatalf("no PassRole: %d %v", status, out)
+	}
+	// A policy requiring inter-container encryption refuses a job without it.
+	e.ids.PutInlinePolicy(ctx, iam.KindUser, "dev", "pass", `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iam:PassRole","Resource":"*"},
+		{"Effect":"Deny","Action":"sagemaker:CreateTrainingJob","Resource":"*","Condition":{"Bool":{"sagemaker:NetworkIsolation":"false"}}}]}`)
+	if status, out := e.call("CreateTrainingJob", e.job("j", nil), dev); status != 403 {
+		t.Fatalf("condition ignored: %d %v", status, out)
+	}
+	close(e.runner.hold)
+	e.runner.outcome = Outcome{Status: Completed, Secondary: "Completed"}
+	if status, out := e.call("CreateTrainingJob", e.job("j", func(j map[string]any) { j["EnableNetworkIsolation"] = true }), dev); status != 200 {
+		t.Fatalf("allowed job: %d %v", status, out)
+	}
+	waitStatus(t, e, "j", Completed)
+}
