@@ -20,9 +20,6 @@ func (l *tlsListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	if tc, ok := c.(*net.TCPConn); ok {
-		tc.SetNoDelay(true)
-	}
 	return tls.Server(&recordGuard{Conn: c}, l.cfg), nil
 }
 
