@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"encoding/xml"
 	"errors"
-	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -97,15 +96,10 @@ func (s *Store) uploadPart(c *request) error {
 	if err != nil {
 		return err
 	}
-	w, err := s.writeBody(c.r, c.r.Body, dk, maxPutSize, algo)
+	w, etag, err := s.storeBody(c, dk, algo, claimed)
 	if err != nil {
 		return err
 	}
-	if err := verifyDigests(c.r, w, algo, claimed); err != nil {
-		s.removeFiles([]string{w.file})
-		return err
-	}
-	etag := fmt.Sprintf("%q", hex.EncodeToString(w.md5))
 	var old string
 	err = s.db.Tx(c.r.Context(), func(tx *sql.Tx) error {
 		// The upload may have been completed or aborted meanwhile.
@@ -279,16 +273,10 @@ func (s *Store) abortUpload(c *request) error {
 	}
 	var files []string
 	err = s.db.Tx(c.r.Context(), func(tx *sql.Tx) error {
-		rows, err := tx.Query(`SELECT file FROM s3_parts WHERE upload_id = ?`, u.id)
-		if err != nil {
+		var err error
+		if files, err = collectFiles(tx, `SELECT file FROM s3_parts WHERE upload_id = ?`, u.id); err != nil {
 			return err
 		}
-		for rows.Next() {
-			var f string
-			rows.Scan(&f)
-			files = append(files, f)
-		}
-		rows.Close()
 		if _, err := tx.Exec(`DELETE FROM s3_parts WHERE upload_id = ?`, u.id); err != nil {
 			return err
 		}

@@ -135,15 +135,10 @@ func (s *Store) putObject(c *request) error {
 	if err != nil {
 		return err
 	}
-	w, err := s.writeBody(c.r, c.r.Body, dk, maxPutSize, algo)
+	w, etag, err := s.storeBody(c, dk, algo, claimed)
 	if err != nil {
 		return err
 	}
-	if err := verifyDigests(c.r, w, algo, claimed); err != nil {
-		s.removeFiles([]string{w.file})
-		return err
-	}
-	etag := fmt.Sprintf("%q", hex.EncodeToString(w.md5))
 	o := objectRow{bucket: c.bucket, key: c.key, objectID: objectID, size: w.size, etag: etag, enc: enc,
 		meta: s.sealMeta(metaFromRequest(c.r), objectID), checksumAlgo: algo, checksum: w.checksum,
 		extents: []extent{{file: w.file, size: w.size}}}
@@ -225,22 +220,47 @@ func deleteRow(tx *sql.Tx, bucket, key string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	rows, err := tx.Query(`SELECT file FROM s3_extents WHERE object_id = ?`, objectID)
+	files, err := collectFiles(tx, `SELECT file FROM s3_extents WHERE object_id = ?`, objectID)
 	if err != nil {
 		return nil, err
 	}
-	var files []string
-	for rows.Next() {
-		var f string
-		rows.Scan(&f)
-		files = append(files, f)
-	}
-	rows.Close()
 	if _, err := tx.Exec(`DELETE FROM s3_extents WHERE object_id = ?`, objectID); err != nil {
 		return nil, err
 	}
 	_, err = tx.Exec(`DELETE FROM s3_objects WHERE bucket = ? AND key = ?`, bucket, key)
 	return files, err
+}
+
+// collectFiles returns the file names a query selects.
+func collectFiles(tx *sql.Tx, query string, args ...any) ([]string, error) {
+	rows, err := tx.Query(query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var files []string
+	for rows.Next() {
+		var f string
+		if err := rows.Scan(&f); err != nil {
+			return nil, err
+		}
+		files = append(files, f)
+	}
+	return files, rows.Err()
+}
+
+// storeBody writes a request body under dataKey and checks the digests the
+// client sent; on any failure nothing is left behind.
+func (s *Store) storeBody(c *request, dataKey []byte, algo, claimed string) (written, string, error) {
+	w, err := s.writeBody(c.r, c.r.Body, dataKey, maxPutSize, algo)
+	if err != nil {
+		return written{}, "", err
+	}
+	if err := verifyDigests(c.r, w, algo, claimed); err != nil {
+		s.removeFiles([]string{w.file})
+		return written{}, "", err
+	}
+	return w, fmt.Sprintf("%q", hex.EncodeToString(w.md5)), nil
 }
 
 // loadObject reads an object's metadata.
