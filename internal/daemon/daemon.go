@@ -5,11 +5,14 @@ package daemon
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -18,11 +21,14 @@ import (
 	"time"
 
 	"convoy/internal/auth"
+	"convoy/internal/executor"
 	"convoy/internal/fsutil"
 	"convoy/internal/iam"
+	"convoy/internal/images"
 	"convoy/internal/kms"
 	"convoy/internal/objectstore"
 	"convoy/internal/pki"
+	"convoy/internal/sagemaker"
 	"convoy/internal/sealbox"
 	"convoy/internal/server"
 	"convoy/internal/state"
@@ -47,6 +53,9 @@ type Options struct {
 	CACert, CAKey string
 	// STSMinDuration overrides the shortest STS session (15 min), for tests.
 	STSMinDuration time.Duration
+	// StopGrace is how long a training container has between SIGTERM and
+	// SIGKILL when its job is stopped (0: SageMaker's 120 s).
+	StopGrace time.Duration
 	// ShutdownTimeout bounds how long in-flight requests may take to finish.
 	ShutdownTimeout time.Duration
 
@@ -154,6 +163,12 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	srv.Handle("s3", objects)
+	runner := trainingRunner(o, addr, caBundle, tokens, log)
+	training, err := sagemaker.Open(ctx, db, ids, o.Region, runner, log)
+	if err != nil {
+		return err
+	}
+	srv.Handle("sagemaker", training)
 	srv.CertificateServed(certs.Leaf())
 	switch c := certs.(type) {
 	case *pki.Rotator:
@@ -194,8 +209,9 @@ func Run(ctx context.Context, o Options) error {
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
-	log.Info("shutting down: finishing in-flight requests", "timeout", o.ShutdownTimeout)
+	log.Info("shutting down: stopping training jobs, finishing in-flight requests", "timeout", o.ShutdownTimeout)
 	os.Remove(envPath)
+	training.Wait()
 	sctx, cancel := context.WithTimeout(context.Background(), o.ShutdownTimeout)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
@@ -203,6 +219,55 @@ func Run(ctx context.Context, o Options) error {
 	}
 	log.Info("convoy stopped")
 	return nil
+}
+
+// trainingRunner runs training jobs on this machine when it can (root and
+// runc); otherwise convoy serves the SageMaker API but refuses to create
+// jobs, saying why.
+func trainingRunner(o Options, addr *net.TCPAddr, caBundle string, tokens *sts.Service, log *slog.Logger) sagemaker.Runner {
+	exec, err := executor.NewLocal(filepath.Join(o.DataDir, "executor"), log)
+	if err != nil {
+		log.Warn("training jobs are disabled: no local executor", "err", err)
+		return nil
+	}
+	// Jobs of a previous run were marked Failed when the API opened; what
+	// their containers left behind goes now.
+	if err := exec.Reap(nil); err != nil {
+		log.Warn("reap leftover training containers", "err", err)
+	}
+	store, err := images.Open(o.DataDir)
+	if err != nil {
+		log.Warn("training jobs are disabled: no image store", "err", err)
+		return nil
+	}
+	host := endpointHost(addr)
+	listen, err := netip.ParseAddrPort(host)
+	if err != nil {
+		log.Warn("training jobs are disabled", "err", err)
+		return nil
+	}
+	var caPEM []byte
+	pool := x509.NewCertPool()
+	if caBundle != "" {
+		if caPEM, err = os.ReadFile(caBundle); err != nil {
+			log.Warn("training jobs are disabled: read the CA bundle", "err", err)
+			return nil
+		}
+		pool.AppendCertsFromPEM(caPEM)
+	} else if pool, err = x509.SystemCertPool(); err != nil {
+		log.Warn("training jobs are disabled: system CA pool", "err", err)
+		return nil
+	}
+	tr := &http.Transport{TLSClientConfig: tlsconf.Client(o.Profile, pool, listen.Addr().String()), ForceAttemptHTTP2: true}
+	runner := &sagemaker.LocalRunner{
+		Executor: exec, Images: store, Creds: tokens, Dir: mkdir(o.DataDir, "jobs"),
+		Endpoint: "https://" + host, HTTP: &http.Client{Transport: tr},
+		Listen: listen, CAPEM: caPEM, Region: o.Region, StopGrace: o.StopGrace, Log: log,
+	}
+	if err := runner.Tidy(); err != nil {
+		log.Warn("remove what interrupted training jobs left", "err", err)
+	}
+	return runner
 }
 
 func certSource(o Options, pkiDir string, names []string) (pki.CertSource, string, error) {
@@ -238,7 +303,8 @@ func certSource(o Options, pkiDir string, names []string) (pki.CertSource, strin
 // serverNames are the SANs of the serving certificate: the listen address,
 // loopback names, and the host name when listening on all interfaces.
 func serverNames(addr *net.TCPAddr, extra []string) []string {
-	names := []string{"localhost", "127.0.0.1", "::1"}
+	// executor.ServiceAddr is where training containers reach convoy.
+	names := []string{"localhost", "127.0.0.1", "::1", executor.ServiceAddr.String()}
 	if !addr.IP.IsUnspecified() && !addr.IP.IsLoopback() {
 		names = append([]string{addr.IP.String()}, names...)
 	}

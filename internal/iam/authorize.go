@@ -72,10 +72,16 @@ type docsEntry struct {
 	docs []*policy.Document
 }
 
+type userEntry struct {
+	gen  int64
+	user User
+}
+
 type caches struct {
-	mu   sync.Mutex
-	keys map[string]keyEntry
-	docs map[string]docsEntry
+	mu    sync.Mutex
+	keys  map[string]keyEntry
+	docs  map[string]docsEntry
+	users map[string]userEntry
 }
 
 // LookupAccessKey returns the secret and user of an active long-term key.
@@ -114,10 +120,25 @@ func (s *Store) LookupAccessKey(ctx context.Context, id string) (secret, user st
 var ErrUnknownKey = errors.New("unknown or inactive access key")
 
 // UserPrincipal builds the principal of a user signing with a long-term key.
+// The user is cached like keys and policies (dropped on any IAM write): it is
+// looked up on every request.
 func (s *Store) UserPrincipal(ctx context.Context, user, accessKeyID string) (*Principal, error) {
-	u, err := s.GetUser(ctx, user)
-	if err != nil {
-		return nil, err
+	gen := s.gen.Load()
+	s.cache.mu.Lock()
+	e, ok := s.cache.users[user]
+	s.cache.mu.Unlock()
+	u := e.user
+	if !ok || e.gen != gen {
+		var err error
+		if u, err = s.GetUser(ctx, user); err != nil {
+			return nil, err
+		}
+		s.cache.mu.Lock()
+		if len(s.cache.users) > 10000 {
+			clear(s.cache.users)
+		}
+		s.cache.users[user] = userEntry{gen: gen, user: u}
+		s.cache.mu.Unlock()
 	}
 	return &Principal{ARN: u.ARN, AccountID: s.accountID, UserID: u.ID, Kind: KindUser, Name: u.Name, AccessKeyID: accessKeyID}, nil
 }

@@ -96,7 +96,7 @@ func (s *Store) uploadPart(c *request) error {
 	if err != nil {
 		return err
 	}
-	w, etag, err := s.storeBody(c, dk, algo, claimed)
+	w, etag, err := s.storeBody(c, dk, u.enc, algo, claimed)
 	if err != nil {
 		return err
 	}

@@ -135,7 +135,7 @@ func (s *Store) putObject(c *request) error {
 	if err != nil {
 		return err
 	}
-	w, etag, err := s.storeBody(c, dk, algo, claimed)
+	w, etag, err := s.storeBody(c, dk, enc, algo, claimed)
 	if err != nil {
 		return err
 	}
@@ -251,8 +251,9 @@ func collectFiles(tx *sql.Tx, query string, args ...any) ([]string, error) {
 
 // storeBody writes a request body under dataKey and checks the digests the
 // client sent; on any failure nothing is left behind.
-func (s *Store) storeBody(c *request, dataKey []byte, algo, claimed string) (written, string, error) {
-	w, err := s.writeBody(c.r, c.r.Body, dataKey, maxPutSize, algo)
+func (s *Store) storeBody(c *request, dataKey []byte, enc encryption, algo, claimed string) (written, string, error) {
+	withMD5 := enc.sse != "aws:kms" || c.r.Header.Get("Content-Md5") != ""
+	w, err := s.writeBody(c.r, c.r.Body, dataKey, maxPutSize, algo, withMD5)
 	if err != nil {
 		return written{}, "", err
 	}
@@ -633,7 +634,7 @@ func (s *Store) copyObject(c *request) error {
 	if err != nil {
 		return err
 	}
-	w, err := s.writeBody(&http.Request{ContentLength: o.size, Header: http.Header{}}, rd, dk, maxObjectSize, "")
+	w, err := s.writeBody(&http.Request{ContentLength: o.size, Header: http.Header{}}, rd, dk, maxObjectSize, "", enc.sse != "aws:kms")
 	if err != nil {
 		return err
 	}

@@ -245,6 +245,11 @@ func (s *Service) createTrainingJob(r *http.Request, p *iam.Principal, body []by
 		// Refused rather than run in clear: see the inter-node encryption issue.
 		return nil, validation("EnableInterContainerTrafficEncryption with InstanceCount > 1 is not available in this convoy yet; it will not run such a job unencrypted")
 	}
+	if v, ok := s.runner.(Validator); ok {
+		if err := v.Validate(ctx, &req); err != nil {
+			return nil, err
+		}
+	}
 	raw, _ := json.Marshal(req)
 	now := stamp()
 	_, err = s.db.ExecContext(ctx, `INSERT INTO sm_training_jobs (name, arn, request, creator, status, secondary, created, modified)

@@ -83,6 +83,18 @@ type Runner interface {
 	Run(ctx context.Context, job *Job, report Reporter) Outcome
 }
 
+// Validator is implemented by a Runner that can tell, before a job is
+// recorded, that it could never run it (its training image is unknown):
+// CreateTrainingJob then fails with the error instead of creating a job
+// that fails at once.
+type Validator interface {
+	Validate(ctx context.Context, req *CreateTrainingJobRequest) error
+}
+
+// ErrStopRequested is the cause of a job context cancelled by
+// StopTrainingJob; any other cancellation is convoy shutting down.
+var ErrStopRequested = errors.New("StopTrainingJob requested")
+
 // Reporter records a job's secondary status.
 type Reporter func(secondary, message string)
 
@@ -102,7 +114,7 @@ type Service struct {
 	log     *slog.Logger
 	runner  Runner
 	mu      sync.Mutex
-	running map[string]context.CancelFunc
+	running map[string]context.CancelCauseFunc
 	wg      sync.WaitGroup
 	baseCtx context.Context
 }
@@ -113,7 +125,7 @@ func Open(ctx context.Context, db *state.DB, store *iam.Store, region string, ru
 	if err := db.Migrate(ctx, "sagemaker", migrations); err != nil {
 		return nil, err
 	}
-	s := &Service{db: db, iam: store, region: region, log: log, runner: runner, running: map[string]context.CancelFunc{}, baseCtx: ctx}
+	s := &Service{db: db, iam: store, region: region, log: log, runner: runner, running: map[string]context.CancelCauseFunc{}, baseCtx: ctx}
 	rows, err := db.QueryContext(ctx, `SELECT name FROM sm_training_jobs WHERE status IN ('InProgress', 'Stopping')`)
 	if err != nil {
 		return nil, err
@@ -204,14 +216,14 @@ func stamp() string { return time.Now().UTC().Format(time.RFC3339Nano) }
 
 // start runs a job in the background.
 func (s *Service) start(job *Job) {
-	ctx, cancel := context.WithCancel(s.baseCtx)
+	ctx, cancel := context.WithCancelCause(s.baseCtx)
 	s.mu.Lock()
 	s.running[job.Name] = cancel
 	s.mu.Unlock()
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		defer cancel()
+		defer cancel(nil)
 		out := s.runner.Run(ctx, job, func(sec, msg string) { s.setSecondary(job.Name, sec, msg) })
 		s.mu.Lock()
 		delete(s.running, job.Name)
@@ -226,7 +238,7 @@ func (s *Service) stop(name string) bool {
 	cancel, ok := s.running[name]
 	s.mu.Unlock()
 	if ok {
-		cancel()
+		cancel(ErrStopRequested)
 	}
 	return ok
 }

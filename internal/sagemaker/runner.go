@@ -1,0 +1,756 @@
+package sagemaker
+
+import (
+	"archive/tar"
+	"compress/gzip"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"os"
+	"path"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/smithy-go"
+
+	"convoy/internal/executor"
+	"convoy/internal/iam"
+	"convoy/internal/images"
+)
+
+// RoleCredentials mints temporary credentials for a role on behalf of the
+// SageMaker service principal (sts.Service does).
+type RoleCredentials interface {
+	RoleCredentials(role iam.Role, session string, d time.Duration) (akid, secret, token string, exp time.Time)
+}
+
+// LocalRunner runs training jobs on this machine with an executor, under the
+// SageMaker training container contract: input channels staged from S3 into
+// /opt/ml/input/data/<channel>, the job's configuration in
+// /opt/ml/input/config, the image run with the argument "train", and
+// /opt/ml/model uploaded as model.tar.gz when every host exits 0.
+//
+// Every S3 call it makes for a job (staging, upload) goes through convoy's
+// own endpoint with the job role's temporary credentials, so the role's
+// policies, bucket policies and KMS key policies decide what a job may read
+// and write, as on AWS. The containers get the same credentials, the
+// endpoint (AWS_ENDPOINT_URL) and convoy's CA (AWS_CA_BUNDLE).
+type LocalRunner struct {
+	Executor executor.Executor
+	Images   *images.Store
+	Creds    RoleCredentials
+	// Dir holds one directory per job: Dir/<id>/{input,hosts,logs}. Only
+	// logs outlive the job.
+	Dir string
+	// Endpoint is convoy's API as this process reaches it
+	// (https://127.0.0.1:4443), HTTP a client that trusts its certificate.
+	Endpoint string
+	HTTP     *http.Client
+	// Listen is convoy's listen address: jobs without network isolation may
+	// reach it (as executor.ContainerAddr(Listen)) and nothing else.
+	Listen netip.AddrPort
+	// CAPEM is the CA bundle containers verify convoy with; it is placed at
+	// /opt/ml/input/config/convoy-ca.pem. Empty: the system roots.
+	CAPEM  []byte
+	Region string
+	// StopGrace is how long a host has between SIGTERM and SIGKILL when a
+	// job is stopped or runs out of time (SageMaker: 120 s).
+	StopGrace time.Duration
+	Log       *slog.Logger
+}
+
+var _ Validator = (*LocalRunner)(nil)
+
+const (
+	defaultStopGrace = 120 * time.Second
+	// shutdownGrace bounds the grace when convoy itself is stopping.
+	shutdownGrace = 10 * time.Second
+	caFile        = "convoy-ca.pem"
+	maxFailure    = 1024
+	uploadTimeout = time.Hour
+)
+
+// Validate refuses a job whose image is not in the store or whose input the
+// runner cannot stage.
+func (r *LocalRunner) Validate(_ context.Context, req *CreateTrainingJobRequest) error {
+	if _, err := r.Images.Resolve(req.AlgorithmSpecification.TrainingImage); err != nil {
+		return validation("TrainingImage %q cannot be used: %v", req.AlgorithmSpecification.TrainingImage, err)
+	}
+	for _, c := range req.InputDataConfig {
+		if c.DataSource.S3DataSource.S3DataType != "S3Prefix" {
+			return validation("channel %q: S3DataType %s is not supported by this convoy yet; use S3Prefix", c.ChannelName, c.DataSource.S3DataSource.S3DataType)
+		}
+		if c.CompressionType != "" && c.CompressionType != "None" {
+			return validation("channel %q: CompressionType %s is not supported by this convoy yet", c.ChannelName, c.CompressionType)
+		}
+	}
+	return nil
+}
+
+// jobDirsToRemove are what a job's directory holds besides its logs.
+var jobDirsToRemove = []string{"input", "hosts", "upload"}
+
+// Tidy removes what jobs of an earlier convoy process left in Dir (staged
+// input, outputs) when it stopped without finishing them; logs stay. Call it
+// at start, before any job runs.
+func (r *LocalRunner) Tidy() error {
+	entries, err := os.ReadDir(r.Dir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		for _, d := range jobDirsToRemove {
+			errs = append(errs, os.RemoveAll(filepath.Join(r.Dir, e.Name(), d)))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// jobRun is the state of one Run.
+type jobRun struct {
+	r      *LocalRunner
+	job    *Job
+	id     string
+	dir    string
+	hosts  []string
+	s3     *s3.Client
+	env    []string // credentials and endpoint, for the containers
+	report Reporter
+	log    *slog.Logger
+}
+
+func failed(format string, args ...any) Outcome {
+	return Outcome{Status: Failed, Secondary: Failed, FailureReason: fmt.Sprintf(format, args...)}
+}
+
+// Run runs one job to its end. It never returns without a status and, for
+// Failed, a reason.
+func (r *LocalRunner) Run(ctx context.Context, job *Job, report Reporter) (out Outcome) {
+	req := &job.Request
+	j := &jobRun{r: r, job: job, id: strings.ToLower(job.Name), report: report}
+	j.dir = filepath.Join(r.Dir, j.id)
+	j.log = r.Log.With("job", job.Name)
+	for i := range req.ResourceConfig.InstanceCount {
+		j.hosts = append(j.hosts, executor.HostName(i))
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			j.log.Error("training job runner panicked", "panic", p)
+			out = failed("InternalServerError: convoy failed while running the job; see its log")
+		}
+		// The logs stay for the user; staged data and outputs go.
+		for _, d := range jobDirsToRemove {
+			os.RemoveAll(filepath.Join(j.dir, d))
+		}
+	}()
+
+	report("Starting", "Preparing the instances for training")
+	img, err := r.Images.Resolve(req.AlgorithmSpecification.TrainingImage)
+	if errors.Is(err, images.ErrNotFound) {
+		return failed("ClientError: training image %s is not in convoy's image store (%v); import it with `convoy images import FILE %s`",
+			req.AlgorithmSpecification.TrainingImage, err, req.AlgorithmSpecification.TrainingImage)
+	}
+	if err != nil {
+		return failed("ClientError: training image %s: %v", req.AlgorithmSpecification.TrainingImage, err)
+	}
+	rootfs, err := r.Images.RootFS(ctx, img)
+	if err != nil {
+		return failed("InternalServerError: unpack training image %s: %v", img.Ref, err)
+	}
+	uid, gid, err := imageUser(img.Config.User)
+	if err != nil {
+		return failed("ClientError: training image %s: %v", img.Ref, err)
+	}
+
+	// The role's credentials last the whole job: staging, training, upload.
+	life := time.Duration(req.StoppingCondition.MaxRuntimeInSeconds)*time.Second + time.Hour
+	akid, secret, token, _ := r.Creds.RoleCredentials(job.Role, sessionName(job.Name), life)
+	j.s3 = s3.New(s3.Options{
+		Region:       r.Region,
+		BaseEndpoint: aws.String(r.Endpoint),
+		Credentials:  credentials.NewStaticCredentialsProvider(akid, secret, token),
+		HTTPClient:   r.HTTP,
+		UsePathStyle: true,
+	})
+	inside := executor.ContainerAddr(r.Listen)
+	j.env = []string{
+		"AWS_ACCESS_KEY_ID=" + akid, "AWS_SECRET_ACCESS_KEY=" + secret, "AWS_SESSION_TOKEN=" + token,
+		"AWS_DEFAULT_REGION=" + r.Region, "AWS_REGION=" + r.Region,
+		"AWS_ENDPOINT_URL=https://" + inside.String(),
+	}
+	if len(r.CAPEM) > 0 {
+		j.env = append(j.env, "AWS_CA_BUNDLE=/opt/ml/input/config/"+caFile)
+	}
+
+	if err := j.prepareDirs(uid, gid); err != nil {
+		return failed("InternalServerError: prepare job directories: %v", err)
+	}
+	report("Downloading", "Downloading input data")
+	if o, ok := j.stage(ctx); !ok {
+		return o
+	}
+	if ctx.Err() != nil {
+		return j.stoppedBeforeTraining(ctx)
+	}
+
+	report("Training", "Training image download completed. Training in progress.")
+	spec := executor.JobSpec{
+		ID: j.id, Hosts: len(j.hosts), RootFS: rootfs,
+		Args: containerArgs(req.AlgorithmSpecification, img.Config), Env: j.containerEnv(img.Config),
+		WorkDir: img.Config.WorkingDir, UID: uid, GID: gid,
+		Mounts: j.mounts, LogDir: filepath.Join(j.dir, "logs"),
+		Network: executor.Endpoint, Allow: []netip.AddrPort{r.Listen},
+	}
+	if req.EnableNetworkIsolation {
+		// No endpoint either: the container gets no AWS access at all, as on
+		// SageMaker, where isolated containers cannot make outbound calls.
+		spec.Network, spec.Allow = executor.Isolated, nil
+	}
+	ex, err := r.Executor.Start(ctx, spec)
+	if err != nil {
+		if ctx.Err() != nil {
+			return j.stoppedBeforeTraining(ctx)
+		}
+		return failed("InternalServerError: start the training containers: %v", err)
+	}
+	defer func() {
+		if err := ex.Cleanup(); err != nil {
+			j.log.Error("clean up training containers", "err", err)
+		}
+	}()
+
+	results, stopped := j.wait(ctx, ex)
+	var end Outcome
+	switch {
+	case stopped == "shutdown":
+		return failed("convoy stopped while this job was running; its containers were stopped with it. Start the job again under a new name.")
+	case stopped != "":
+		end = Outcome{Status: Stopped, Secondary: stopped}
+	default:
+		for _, res := range results {
+			if o, bad := j.hostFailure(res); bad {
+				return o
+			}
+		}
+		end = Outcome{Status: Completed, Secondary: Completed}
+	}
+	report("Uploading", "Uploading generated training model")
+	// A stopped job's model is uploaded too (SageMaker gives the algorithm
+	// its grace period to save it), so the upload outlives ctx.
+	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), uploadTimeout)
+	defer cancel()
+	artifacts, err := j.upload(uctx)
+	if err != nil {
+		return failed("ClientError: upload of the training output failed: %v", err)
+	}
+	end.ModelArtifacts = artifacts
+	return end
+}
+
+// sessionName is the role session name for a job (2 to 64 characters).
+func sessionName(job string) string {
+	if len(job) < 2 {
+		return "SageMaker-" + job
+	}
+	return job
+}
+
+func (j *jobRun) stoppedBeforeTraining(ctx context.Context) Outcome {
+	if errors.Is(context.Cause(ctx), ErrStopRequested) {
+		return Outcome{Status: Stopped, Secondary: Stopped}
+	}
+	return failed("convoy stopped while this job was starting. Start the job again under a new name.")
+}
+
+func (j *jobRun) hostDir(host string) string { return filepath.Join(j.dir, "hosts", host) }
+
+// prepareDirs makes the shared input and, per host, config, model and
+// output directories; what the containers write belongs to the image user.
+func (j *jobRun) prepareDirs(uid, gid uint32) error {
+	req := &j.job.Request
+	for _, d := range []string{filepath.Join(j.dir, "input", "data"), filepath.Join(j.dir, "logs")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return err
+		}
+	}
+	for _, c := range req.InputDataConfig {
+		if err := os.MkdirAll(filepath.Join(j.dir, "input", "data", c.ChannelName), 0o700); err != nil {
+			return err
+		}
+	}
+	hps := map[string]string{}
+	for k, v := range req.HyperParameters {
+		hps[k] = v
+	}
+	dataConfig := map[string]any{}
+	for _, c := range req.InputDataConfig {
+		m := map[string]string{"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"}
+		if c.ContentType != "" {
+			m["ContentType"] = c.ContentType
+		}
+		if d := c.DataSource.S3DataSource.S3DataDistributionType; d != "" {
+			m["S3DistributionType"] = d
+		}
+		dataConfig[c.ChannelName] = m
+	}
+	instanceType := req.ResourceConfig.InstanceType
+	for _, h := range j.hosts {
+		hd := j.hostDir(h)
+		for _, d := range []string{"config", "model", "output", filepath.Join("output", "data")} {
+			if err := os.MkdirAll(filepath.Join(hd, d), 0o700); err != nil {
+				return err
+			}
+		}
+		resource := map[string]any{
+			"current_host": h, "current_instance_type": instanceType, "current_group_name": "homogeneousCluster",
+			"hosts": j.hosts, "network_interface_name": "eth0",
+			"instance_groups": []any{map[string]any{"instance_group_name": "homogeneousCluster", "instance_type": instanceType, "hosts": j.hosts}},
+		}
+		files := map[string]any{"hyperparameters.json": hps, "resourceconfig.json": resource, "inputdataconfig.json": dataConfig}
+		for name, v := range files {
+			b, _ := json.Marshal(v)
+			if err := os.WriteFile(filepath.Join(hd, "config", name), b, 0o644); err != nil {
+				return err
+			}
+		}
+		if len(j.r.CAPEM) > 0 {
+			if err := os.WriteFile(filepath.Join(hd, "config", caFile), j.r.CAPEM, 0o644); err != nil {
+				return err
+			}
+		}
+		if uid != 0 || gid != 0 {
+			for _, d := range []string{"model", "output", filepath.Join("output", "data")} {
+				if err := os.Chown(filepath.Join(hd, d), int(uid), int(gid)); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if uid != 0 || gid != 0 {
+		// The image user reads what root staged: everything under input.
+		return filepath.WalkDir(filepath.Join(j.dir, "input"), func(p string, _ fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			return os.Lchown(p, int(uid), int(gid))
+		})
+	}
+	return nil
+}
+
+// mounts are a host's /opt/ml directories.
+func (j *jobRun) mounts(host string) []executor.Mount {
+	hd := j.hostDir(host)
+	return []executor.Mount{
+		{Source: filepath.Join(hd, "config"), Destination: "/opt/ml/input/config", ReadOnly: true},
+		{Source: filepath.Join(j.dir, "input", "data"), Destination: "/opt/ml/input/data", ReadOnly: true},
+		{Source: filepath.Join(hd, "model"), Destination: "/opt/ml/model"},
+		{Source: filepath.Join(hd, "output"), Destination: "/opt/ml/output"},
+	}
+}
+
+// containerArgs is what SageMaker runs: ContainerEntrypoint and
+// ContainerArguments when given, else the image's ENTRYPOINT with the
+// single argument "train" (which replaces the image's CMD).
+func containerArgs(a *AlgorithmSpecification, cfg images.ImageConfig) []string {
+	if len(a.ContainerEntrypoint) > 0 {
+		return append(append([]string{}, a.ContainerEntrypoint...), a.ContainerArguments...)
+	}
+	if len(cfg.Entrypoint) == 0 {
+		return append([]string{"train"}, a.ContainerArguments...)
+	}
+	args := append([]string{}, cfg.Entrypoint...)
+	if len(a.ContainerArguments) > 0 {
+		return append(args, a.ContainerArguments...)
+	}
+	return append(args, "train")
+}
+
+// containerEnv: the image's, then the job's Environment, then SageMaker's
+// own variables and the credentials, which a job cannot override.
+func (j *jobRun) containerEnv(cfg images.ImageConfig) []string {
+	req := &j.job.Request
+	env := map[string]string{}
+	var order []string
+	set := func(k, v string) {
+		if _, ok := env[k]; !ok {
+			order = append(order, k)
+		}
+		env[k] = v
+	}
+	for _, kv := range cfg.Env {
+		k, v, _ := strings.Cut(kv, "=")
+		set(k, v)
+	}
+	keys := make([]string, 0, len(req.Environment))
+	for k := range req.Environment {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		set(k, req.Environment[k])
+	}
+	var channels []string
+	for _, c := range req.InputDataConfig {
+		channels = append(channels, c.ChannelName)
+		set("SM_CHANNEL_"+strings.ToUpper(strings.NewReplacer("-", "_", ".", "_").Replace(c.ChannelName)), "/opt/ml/input/data/"+c.ChannelName)
+	}
+	js := func(v any) string { b, _ := json.Marshal(v); return string(b) }
+	hps := req.HyperParameters
+	if hps == nil {
+		hps = map[string]string{}
+	}
+	if channels == nil {
+		channels = []string{}
+	}
+	set("TRAINING_JOB_NAME", j.job.Name)
+	set("TRAINING_JOB_ARN", j.job.ARN)
+	set("SM_MODEL_DIR", "/opt/ml/model")
+	set("SM_INPUT_DIR", "/opt/ml/input")
+	set("SM_INPUT_CONFIG_DIR", "/opt/ml/input/config")
+	set("SM_OUTPUT_DIR", "/opt/ml/output")
+	set("SM_OUTPUT_DATA_DIR", "/opt/ml/output/data")
+	set("SM_CHANNELS", js(channels))
+	set("SM_HPS", js(hps))
+	set("SM_HOSTS", js(j.hosts))
+	set("SM_NUM_GPUS", "0")
+	set("SM_NUM_CPUS", strconv.Itoa(runtime.NumCPU()))
+	for _, kv := range j.env {
+		k, v, _ := strings.Cut(kv, "=")
+		set(k, v)
+	}
+	if _, ok := env["PATH"]; !ok {
+		set("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+	}
+	out := make([]string, 0, len(order))
+	for _, k := range order {
+		out = append(out, k+"="+env[k])
+	}
+	return out
+}
+
+// imageUser reads a numeric image USER ("uid" or "uid:gid"); names would
+// need the image's /etc/passwd, which convoy does not read yet.
+func imageUser(u string) (uid, gid uint32, err error) {
+	if u == "" || u == "root" || u == "0" {
+		return 0, 0, nil
+	}
+	us, gs, hasGroup := strings.Cut(u, ":")
+	n, err := strconv.ParseUint(us, 10, 32)
+	if err != nil {
+		return 0, 0, fmt.Errorf("image USER %q is not numeric (uid or uid:gid); convoy does not resolve user names yet", u)
+	}
+	uid, gid = uint32(n), uint32(n)
+	if hasGroup {
+		g, err := strconv.ParseUint(gs, 10, 32)
+		if err != nil {
+			return 0, 0, fmt.Errorf("image USER %q: group is not numeric", u)
+		}
+		gid = uint32(g)
+	}
+	return uid, gid, nil
+}
+
+// parseS3URI splits s3://bucket/prefix.
+func parseS3URI(uri string) (bucket, prefix string) {
+	rest := strings.TrimPrefix(uri, "s3://")
+	bucket, prefix, _ = strings.Cut(rest, "/")
+	return bucket, prefix
+}
+
+// s3Error describes an S3 error as SageMaker's messages do: "AccessDenied
+// (403): Access Denied".
+func s3Error(err error) string {
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		return fmt.Sprintf("%s: %s", ae.ErrorCode(), ae.ErrorMessage())
+	}
+	return err.Error()
+}
+
+// stage downloads every object under each channel's S3 prefix.
+func (j *jobRun) stage(ctx context.Context) (Outcome, bool) {
+	role := j.job.Role.ARN
+	for _, c := range j.job.Request.InputDataConfig {
+		uri := c.DataSource.S3DataSource.S3Uri
+		bucket, prefix := parseS3URI(uri)
+		// Keys keep their path below the prefix's last "/".
+		base := prefix[:strings.LastIndex(prefix, "/")+1]
+		root, err := os.OpenRoot(filepath.Join(j.dir, "input", "data", c.ChannelName))
+		if err != nil {
+			return failed("InternalServerError: %v", err), false
+		}
+		n := 0
+		p := s3.NewListObjectsV2Paginator(j.s3, &s3.ListObjectsV2Input{Bucket: &bucket, Prefix: &prefix})
+		for p.HasMorePages() {
+			page, err := p.NextPage(ctx)
+			if err != nil {
+				root.Close()
+				if ctx.Err() != nil {
+					return j.stoppedBeforeTraining(ctx), false
+				}
+				return failed("ClientError: Data download failed: list %s for channel %s with role %s: %s", uri, c.ChannelName, role, s3Error(err)), false
+			}
+			for _, obj := range page.Contents {
+				key := aws.ToString(obj.Key)
+				if strings.HasSuffix(key, "/") {
+					continue // a "folder" marker
+				}
+				rel := strings.TrimPrefix(key, base)
+				if !filepath.IsLocal(rel) {
+					root.Close()
+					return failed("ClientError: Data download failed: object key %q cannot be a file name under /opt/ml/input/data/%s", key, c.ChannelName), false
+				}
+				if err := j.download(ctx, root, bucket, key, rel); err != nil {
+					root.Close()
+					if ctx.Err() != nil {
+						return j.stoppedBeforeTraining(ctx), false
+					}
+					return failed("ClientError: Data download failed: s3://%s/%s for channel %s with role %s: %s", bucket, key, c.ChannelName, role, s3Error(err)), false
+				}
+				n++
+			}
+		}
+		root.Close()
+		if n == 0 {
+			return failed(`ClientError: No S3 objects found under S3 URL "%s" given in input data source. Please ensure that the bucket exists in the selected region (%s), that objects exist under that S3 prefix, and that the role "%s" has "s3:ListBucket" permissions on bucket "%s".`,
+				uri, j.r.Region, role, bucket), false
+		}
+		j.log.Info("channel staged", "channel", c.ChannelName, "objects", n)
+	}
+	return Outcome{}, true
+}
+
+func (j *jobRun) download(ctx context.Context, root *os.Root, bucket, key, rel string) error {
+	obj, err := j.s3.GetObject(ctx, &s3.GetObjectInput{Bucket: &bucket, Key: &key})
+	if err != nil {
+		return err
+	}
+	defer obj.Body.Close()
+	if d := filepath.Dir(rel); d != "." {
+		if err := root.MkdirAll(d, 0o700); err != nil {
+			return err
+		}
+	}
+	f, err := root.OpenFile(rel, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, obj.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// wait waits for the hosts to exit, stopping them when the job runs out of
+// time or ctx ends. stopped is "" (they exited), MaxRuntimeExceeded,
+// Stopped (StopTrainingJob) or "shutdown" (convoy is stopping).
+func (j *jobRun) wait(ctx context.Context, ex executor.Job) (results []executor.HostResult, stopped string) {
+	type waited struct {
+		res []executor.HostResult
+		err error
+	}
+	done := make(chan waited, 1)
+	go func() {
+		res, err := ex.Wait(context.Background())
+		done <- waited{res, err}
+	}()
+	limit := time.NewTimer(time.Duration(j.job.Request.StoppingCondition.MaxRuntimeInSeconds) * time.Second)
+	defer limit.Stop()
+	grace := j.r.StopGrace
+	if grace <= 0 {
+		grace = defaultStopGrace
+	}
+	select {
+	case w := <-done:
+		return j.resultsOf(w.res, w.err), ""
+	case <-limit.C:
+		stopped = "MaxRuntimeExceeded"
+		j.report(Stopping, "Training job runtime exceeded MaxRuntimeInSeconds provided; stopping it")
+	case <-ctx.Done():
+		stopped = Stopped
+		if !errors.Is(context.Cause(ctx), ErrStopRequested) {
+			stopped, grace = "shutdown", min(grace, shutdownGrace)
+		}
+	}
+	j.log.Info("stopping training job", "why", stopped, "grace", grace)
+	ex.Signal(syscall.SIGTERM)
+	select {
+	case w := <-done:
+		return j.resultsOf(w.res, w.err), stopped
+	case <-time.After(grace):
+	}
+	ex.Signal(syscall.SIGKILL)
+	w := <-done
+	return j.resultsOf(w.res, w.err), stopped
+}
+
+func (j *jobRun) resultsOf(res []executor.HostResult, err error) []executor.HostResult {
+	if err != nil {
+		return []executor.HostResult{{Host: "algo-1", ExitCode: -1, Err: err}}
+	}
+	return res
+}
+
+// hostFailure tells whether a host failed and, if so, why: the first
+// 1024 bytes of its /opt/ml/output/failure, as SageMaker reports them.
+func (j *jobRun) hostFailure(res executor.HostResult) (Outcome, bool) {
+	if res.Err == nil && res.ExitCode == 0 {
+		return Outcome{}, false
+	}
+	if f, err := os.Open(filepath.Join(j.hostDir(res.Host), "output", "failure")); err == nil {
+		b, _ := io.ReadAll(io.LimitReader(f, maxFailure))
+		f.Close()
+		if msg := strings.TrimSpace(string(b)); msg != "" {
+			return failed("%s", msg), true
+		}
+	}
+	logHint := fmt.Sprintf("see %s", filepath.Join(j.dir, "logs", res.Host+".log"))
+	if res.Err != nil {
+		return failed("AlgorithmError: %s could not run: %v (%s)", res.Host, res.Err, logHint), true
+	}
+	how := fmt.Sprintf("exit code %d", res.ExitCode)
+	if res.Signal != "" {
+		how += " (" + res.Signal + ")"
+	}
+	return failed("AlgorithmError: %s exited with %s (%s)", res.Host, how, logHint), true
+}
+
+// outputLocation is S3OutputPath/<job>/output.
+func (j *jobRun) outputLocation() (bucket, prefix string) {
+	bucket, prefix = parseS3URI(j.job.Request.OutputDataConfig.S3OutputPath)
+	return bucket, path.Join(prefix, j.job.Name, "output")
+}
+
+// upload sends algo-1's /opt/ml/model as model.tar.gz, and its
+// /opt/ml/output/data as output.tar.gz when it holds anything.
+func (j *jobRun) upload(ctx context.Context) (string, error) {
+	bucket, prefix := j.outputLocation()
+	tmp := filepath.Join(j.dir, "upload")
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		return "", err
+	}
+	host := j.hostDir(j.hosts[0])
+	modelKey := prefix + "/model.tar.gz"
+	if _, err := j.put(ctx, filepath.Join(host, "model"), filepath.Join(tmp, "model.tar.gz"), bucket, modelKey, true); err != nil {
+		return "", err
+	}
+	if _, err := j.put(ctx, filepath.Join(host, "output", "data"), filepath.Join(tmp, "output.tar.gz"), bucket, prefix+"/output.tar.gz", false); err != nil {
+		return "", err
+	}
+	return "s3://" + bucket + "/" + modelKey, nil
+}
+
+// put archives dir into file and uploads it; an empty dir is uploaded only
+// when always is set.
+func (j *jobRun) put(ctx context.Context, dir, file, bucket, key string, always bool) (bool, error) {
+	n, err := tarGz(dir, file)
+	if err != nil {
+		return false, fmt.Errorf("archive %s: %w", filepath.Base(dir), err)
+	}
+	if n == 0 && !always {
+		return false, nil
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	in := &s3.PutObjectInput{Bucket: &bucket, Key: &key, Body: f, ContentType: aws.String("application/x-gzip")}
+	if k := j.job.Request.OutputDataConfig.KmsKeyId; k != "" {
+		in.ServerSideEncryption = s3types.ServerSideEncryptionAwsKms
+		in.SSEKMSKeyId = &k
+	}
+	if _, err := j.s3.PutObject(ctx, in); err != nil {
+		return false, fmt.Errorf("s3://%s/%s with role %s: %s", bucket, key, j.job.Role.ARN, s3Error(err))
+	}
+	return true, nil
+}
+
+// tarGz writes dir's tree as a gzip'd tar and returns how many entries it
+// holds. The tree was written by the container: it is read through an
+// os.Root, so no symbolic link leads outside it, and links are archived as
+// links, never followed.
+func tarGz(dir, file string) (int, error) {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return 0, err
+	}
+	defer root.Close()
+	out, err := os.OpenFile(file, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return 0, err
+	}
+	defer out.Close()
+	gz := gzip.NewWriter(out)
+	tw := tar.NewWriter(gz)
+	n := 0
+	err = fs.WalkDir(root.FS(), ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == "." {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		link := ""
+		switch {
+		case info.Mode()&fs.ModeSymlink != 0:
+			if link, err = root.Readlink(p); err != nil {
+				return err
+			}
+		case info.IsDir(), info.Mode().IsRegular():
+		default:
+			return nil // devices, sockets and pipes are not model artifacts
+		}
+		hdr, err := tar.FileInfoHeader(info, link)
+		if err != nil {
+			return err
+		}
+		hdr.Name, hdr.Uid, hdr.Gid, hdr.Uname, hdr.Gname = p, 0, 0, "", ""
+		if info.IsDir() {
+			hdr.Name += "/"
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+		n++
+		if !info.Mode().IsRegular() {
+			return nil
+		}
+		f, err := root.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		_, err = io.CopyN(tw, f, hdr.Size)
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	if err := tw.Close(); err != nil {
+		return 0, err
+	}
+	if err := gz.Close(); err != nil {
+		return 0, err
+	}
+	return n, out.Close()
+}

@@ -1,0 +1,105 @@
+package sagemaker
+
+import (
+	"archive/tar"
+	"compress/gzip"
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"convoy/internal/images"
+)
+
+func TestContainerArgs(t *testing.T) {
+	img := images.ImageConfig{Entrypoint: []string{"/bin/trainer", "-v"}, Cmd: []string{"serve"}}
+	for _, tc := range []struct {
+		name string
+		spec AlgorithmSpecification
+		cfg  images.ImageConfig
+		want []string
+	}{
+		{"entrypoint + train", AlgorithmSpecification{}, img, []string{"/bin/trainer", "-v", "train"}},
+		{"no entrypoint", AlgorithmSpecification{}, images.ImageConfig{Cmd: []string{"x"}}, []string{"train"}},
+		{"arguments replace train", AlgorithmSpecification{ContainerArguments: []string{"--epochs", "2"}}, img, []string{"/bin/trainer", "-v", "--epochs", "2"}},
+		{"container entrypoint", AlgorithmSpecification{ContainerEntrypoint: []string{"python", "t.py"}, ContainerArguments: []string{"a"}}, img, []string{"python", "t.py", "a"}},
+	} {
+		if got := containerArgs(&tc.spec, tc.cfg); !slices.Equal(got, tc.want) {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestImageUser(t *testing.T) {
+	for _, tc := range []struct {
+		user     string
+		uid, gid uint32
+		ok       bool
+	}{
+		{"", 0, 0, true}, {"root", 0, 0, true}, {"1000", 1000, 1000, true}, {"1000:50", 1000, 50, true},
+		{"sagemaker", 0, 0, false}, {"1000:staff", 0, 0, false},
+	} {
+		uid, gid, err := imageUser(tc.user)
+		if (err == nil) != tc.ok || uid != tc.uid || gid != tc.gid {
+			t.Errorf("%q: %d:%d %v", tc.user, uid, gid, err)
+		}
+	}
+}
+
+// A model directory is written by the training code: its symbolic links
+// are archived as links and never followed out of it.
+func TestTarGzDoesNotFollowLinks(t *testing.T) {
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "sub"), 0o755)
+	os.WriteFile(filepath.Join(dir, "sub", "w.bin"), []byte("weights"), 0o644)
+	os.Symlink("/etc/hostname", filepath.Join(dir, "escape"))
+	out := filepath.Join(t.TempDir(), "m.tar.gz")
+	n, err := tarGz(dir, out)
+	if err != nil || n != 3 {
+		t.Fatalf("tarGz: %d entries, %v", n, err)
+	}
+	f, _ := os.Open(out)
+	defer f.Close()
+	gz, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(gz)
+	got := map[string]string{}
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(tr)
+		got[h.Name] = string(h.Typeflag) + ":" + h.Linkname + ":" + string(b)
+	}
+	want := map[string]string{"sub/": "5::", "sub/w.bin": "0::weights", "escape": "2:/etc/hostname:"}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s: %q, want %q (all: %v)", k, got[k], v, got)
+		}
+	}
+	if n, err := tarGz(t.TempDir(), out); err != nil || n != 0 {
+		t.Fatalf("empty dir: %d %v", n, err)
+	}
+}
+
+func TestValidateUnknownImage(t *testing.T) {
+	store, err := images.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &LocalRunner{Images: store}
+	req := &CreateTrainingJobRequest{AlgorithmSpecification: &AlgorithmSpecification{TrainingImage: "trainer:1"}}
+	err = r.Validate(context.Background(), req)
+	if err == nil || !strings.Contains(err.Error(), "convoy images import") {
+		t.Fatalf("unknown image: %v", err)
+	}
+}
