@@ -123,11 +123,9 @@ func (e *env) putLarge(ctx context.Context, t *target, p proto, key string, n in
 	if resp.StatusCode != http.StatusOK {
 		return 0, fmt.Errorf("PUT %d bytes: %w %s\n%s", n, errStatus, resp.Status, body)
 	}
-	if t.name == "convoy" {
-		if got, want := resp.Header.Get("ETag"), patternETag(n); got != want {
-			return 0, fmt.Errorf("PUT %d bytes: ETag %s, want %s: convoy stored other bytes", n, got, want)
-		}
-	}
+	// An SSE-KMS object's ETag is opaque (not an MD5), as on S3, so it says
+	// nothing about the bytes; that convoy stores exactly what it was sent
+	// is what the e2e tests check (cmp after a round trip).
 	return n, nil
 }
 
