@@ -77,6 +77,7 @@ No profile offers TLS 1.0/1.1, CBC or RSA key exchange.`,
 	f.StringVar(&o.CACert, "ca-cert", "", "issue certificates from this CA (PEM) instead of convoy's own")
 	f.StringVar(&o.CAKey, "ca-key", "", "private key (PEM) for --ca-cert")
 	f.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long in-flight requests may take to finish on shutdown")
+	f.DurationVar(&o.StopGrace, "training-stop-grace", 120*time.Second, "time a training container has between SIGTERM and SIGKILL when its job is stopped or exceeds MaxRuntimeInSeconds")
 	f.DurationVar(&o.STSMinDuration, "sts-min-session-duration", 0, "shortest STS session a client may request (default 15m, as AWS); for tests")
 	f.MarkHidden("sts-min-session-duration")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

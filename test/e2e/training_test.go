@@ -1,0 +1,367 @@
+package e2e
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"convoy/test/e2e/harness"
+)
+
+// trainerImage builds testdata/trainer as a static binary and writes it as
+// an OCI image layout whose ENTRYPOINT is the binary (so it runs as
+// `/trainer train`).
+func trainerImage(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "trainer")
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, "./testdata/trainer")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build trainer: %v\n%s", err, out)
+	}
+	prog, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	tw.WriteHeader(&tar.Header{Name: "trainer", Mode: 0o755, Size: int64(len(prog)), Typeflag: tar.TypeReg})
+	tw.Write(prog)
+	tw.Close()
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf.Bytes())), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, _ := img.ConfigFile()
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", runtime.GOARCH
+	cf.Config = v1.Config{Entrypoint: []string{"/trainer"}, Cmd: []string{"serve"}, Env: []string{"PATH=/"}}
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "layout")
+	p, err := layout.Write(dir, empty.Index)
+	if err == nil {
+		err = p.AppendImage(img)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// trainingJob is a CreateTrainingJob request for the trainer image.
+func trainingJob(name, role, key string, hosts, maxRuntime int, hps map[string]string) map[string]any {
+	return map[string]any{
+		"TrainingJobName": name,
+		"RoleArn":         role,
+		"HyperParameters": hps,
+		"AlgorithmSpecification": map[string]any{
+			"TrainingImage": "123456789012.dkr.ecr.us-east-1.amazonaws.com/trainer:1", "TrainingInputMode": "File"},
+		"InputDataConfig": []any{map[string]any{"ChannelName": "train", "ContentType": "text/csv", "DataSource": map[string]any{
+			"S3DataSource": map[string]any{"S3DataType": "S3Prefix", "S3Uri": "s3://input/train/"}}}},
+		"OutputDataConfig":  map[string]any{"S3OutputPath": "s3://output/models", "KmsKeyId": key},
+		"ResourceConfig":    map[string]any{"InstanceType": "ml.m5.large", "InstanceCount": hosts, "VolumeSizeInGB": 1},
+		"StoppingCondition": map[string]any{"MaxRuntimeInSeconds": maxRuntime},
+		"Environment":       map[string]string{"JOB_ENV": "yes"},
+	}
+}
+
+// Training jobs run for real: the aws CLI creates them, convoy stages the
+// input from S3 with the job role's credentials, runs the trainer image in
+// runc containers, and uploads the model encrypted under the job's KMS key.
+func TestTrainingJobsEndToEnd(t *testing.T) {
+	cli := harness.Tool(t, "aws")
+	c := harness.Start(t, harness.Options{Args: []string{"--training-stop-grace", "5s"}})
+	ctx := harness.Context(t)
+
+	imp := exec.Command(harness.Binary(t), "images", "import", "--data", c.DataDir, trainerImage(t), "trainer:1")
+	if out, err := imp.CombinedOutput(); err != nil {
+		t.Fatalf("images import: %v\n%s", err, out)
+	}
+	for _, b := range []string{"input", "output", "secret"} {
+		if r := c.AWS(t, cli, []string{"s3", "mb", "s3://" + b}); r.Err != nil {
+			t.Fatalf("s3 mb %s: %v\n%s", b, r.Err, r.Stderr)
+		}
+	}
+	admin := c.S3(t)
+	data := map[string]string{"train/a.csv": "1,2,3\n", "train/sub/b.csv": "4,5,6\n", "other/c.csv": "not staged\n"}
+	for k, v := range data {
+		if _, err := admin.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String("input"), Key: aws.String(k), Body: strings.NewReader(v)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	admin.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String("secret"), Key: aws.String("s"), Body: strings.NewReader("secret")})
+	key := str(awsJSON(t, c, cli, []string{"kms", "create-key", "--description", "models"}), "KeyMetadata", "Arn")
+
+	trust := `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"sagemaker.amazonaws.com"},"Action":"sts:AssumeRole"}]}`
+	role := str(awsJSON(t, c, cli, []string{"iam", "create-role", "--role-name", "trainer", "--assume-role-policy-document", trust}), "Role", "Arn")
+	policy := fmt.Sprintf(`{"Version":"2012-10-17","Statement":[
+		{"Effect":"Allow","Action":["s3:GetObject","s3:ListBucket"],"Resource":["arn:aws:s3:::input","arn:aws:s3:::input/*"]},
+		{"Effect":"Allow","Action":"s3:PutObject","Resource":"arn:aws:s3:::output/*"},
+		{"Effect":"Allow","Action":["kms:GenerateDataKey","kms:Decrypt"],"Resource":%q}]}`, key)
+	awsJSON(t, c, cli, []string{"iam", "put-role-policy", "--role-name", "trainer", "--policy-name", "data", "--policy-document", policy})
+
+	create := func(job map[string]any) {
+		t.Helper()
+		file := writeFile(t, filepath.Join(t.TempDir(), "job.json"), mustJSON(job))
+		out := awsJSON(t, c, cli, []string{"sagemaker", "create-training-job", "--cli-input-json", "file://" + file})
+		if !strings.HasSuffix(str(out, "TrainingJobArn"), ":training-job/"+strings.ToLower(job["TrainingJobName"].(string))) {
+			t.Fatalf("create-training-job: %v", out)
+		}
+	}
+	describe := func(name string) map[string]any {
+		return awsJSON(t, c, cli, []string{"sagemaker", "describe-training-job", "--training-job-name", name})
+	}
+	waitFor := func(name string, done func(map[string]any) bool) map[string]any {
+		t.Helper()
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			d := describe(name)
+			if done(d) {
+				return d
+			}
+			if s := str(d, "TrainingJobStatus"); s != "InProgress" && s != "Stopping" {
+				return d
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("job %s did not end within 2 minutes: %v", name, d)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	}
+	ended := func(map[string]any) bool { return false }
+	model := func(t *testing.T, uri string) map[string]string {
+		t.Helper()
+		local := filepath.Join(t.TempDir(), "model.tar.gz")
+		if r := c.AWS(t, cli, []string{"s3", "cp", uri, local}); r.Err != nil {
+			t.Fatalf("s3 cp %s: %v\n%s", uri, r.Err, r.Stderr)
+		}
+		return untar(t, local)
+	}
+
+	started := time.Now()
+	hp := map[string]string{"mode": "train", "probe_allowed": "s3://input/train/a.csv", "probe_denied": "s3://secret/s", "lr": "0.1"}
+	create(trainingJob("train-ok", role, key, 1, 300, hp))
+	create(trainingJob("train-fail", role, key, 1, 300, map[string]string{"mode": "fail"}))
+	create(trainingJob("train-pair", role, key, 2, 300, map[string]string{"mode": "pair"}))
+	create(trainingJob("train-timeout", role, key, 1, 3, map[string]string{"mode": "sleep"}))
+	create(trainingJob("train-stop", role, key, 1, 300, map[string]string{"mode": "sleep"}))
+	isolated := trainingJob("train-isolated", role, key, 1, 300, map[string]string{"mode": "reach", "probe_allowed": "s3://input/train/a.csv"})
+	isolated["EnableNetworkIsolation"] = true
+	create(isolated)
+	denied := trainingJob("train-denied", role, key, 1, 300, map[string]string{"mode": "train"})
+	denied["InputDataConfig"].([]any)[0].(map[string]any)["DataSource"] = map[string]any{
+		"S3DataSource": map[string]any{"S3DataType": "S3Prefix", "S3Uri": "s3://secret/"}}
+	create(denied)
+
+	t.Run("completed", func(t *testing.T) {
+		d := waitFor("train-ok", ended)
+		if str(d, "TrainingJobStatus") != "Completed" {
+			t.Fatalf("train-ok: %v", d)
+		}
+		if got := transitions(d); got != "Starting,Downloading,Training,Uploading,Completed" {
+			t.Fatalf("transitions %s", got)
+		}
+		uri := str(d, "ModelArtifacts", "S3ModelArtifacts")
+		if uri != "s3://output/models/train-ok/output/model.tar.gz" {
+			t.Fatalf("model artifacts %q", uri)
+		}
+		m := model(t, uri)["model.txt"]
+		h := sha256.New()
+		for _, f := range []string{"a.csv", "sub/b.csv"} {
+			fmt.Fprintf(h, "%s\n%d\n%s", f, len(data["train/"+f]), data["train/"+f])
+		}
+		for _, want := range []string{
+			"host=algo-1 hosts=algo-1\n",
+			`hps={"lr":"0.1","mode":"train"`,
+			"train-mode=File content=text/csv\n",
+			"digest=2 files " + hex.EncodeToString(h.Sum(nil)) + "\n",
+			"env SM_CHANNEL_TRAIN=/opt/ml/input/data/train TRAINING_JOB_NAME=train-ok\n",
+			"allowed=ok 1,2,3\n",
+			"denied=error AccessDenied\n",
+		} {
+			if !strings.Contains(m, want) {
+				t.Errorf("model.txt lacks %q:\n%s", want, m)
+			}
+		}
+		head := awsJSON(t, c, cli, []string{"s3api", "head-object", "--bucket", "output", "--key", "models/train-ok/output/model.tar.gz"})
+		if str(head, "ServerSideEncryption") != "aws:kms" || str(head, "SSEKMSKeyId") != key {
+			t.Fatalf("model.tar.gz encryption: %v", head)
+		}
+		out := model(t, "s3://output/models/train-ok/output/output.tar.gz")
+		if out["metrics.txt"] != "loss=0.1\n" {
+			t.Fatalf("output.tar.gz: %v", out)
+		}
+	})
+
+	t.Run("algorithm failure", func(t *testing.T) {
+		d := waitFor("train-fail", ended)
+		if str(d, "TrainingJobStatus") != "Failed" || str(d, "FailureReason") != "bad data" || str(d, "SecondaryStatus") != "Failed" {
+			t.Fatalf("train-fail: %v", d)
+		}
+	})
+
+	t.Run("two hosts", func(t *testing.T) {
+		d := waitFor("train-pair", ended)
+		if str(d, "TrainingJobStatus") != "Completed" {
+			t.Fatalf("train-pair: %v", d)
+		}
+		m := model(t, str(d, "ModelArtifacts", "S3ModelArtifacts"))["model.txt"]
+		if !strings.Contains(m, "host=algo-1 hosts=algo-1,algo-2\n") || !strings.Contains(m, "peer said: hello from algo-2\n") {
+			t.Fatalf("model.txt:\n%s", m)
+		}
+	})
+
+	t.Run("max runtime", func(t *testing.T) {
+		d := waitFor("train-timeout", ended)
+		if str(d, "TrainingJobStatus") != "Stopped" || str(d, "SecondaryStatus") != "MaxRuntimeExceeded" {
+			t.Fatalf("train-timeout: %v", d)
+		}
+		if got := transitions(d); got != "Starting,Downloading,Training,Stopping,Uploading,MaxRuntimeExceeded" {
+			t.Fatalf("train-timeout transitions %s", got)
+		}
+		if m := model(t, str(d, "ModelArtifacts", "S3ModelArtifacts")); m["terminated"] != "got SIGTERM\n" {
+			t.Fatalf("the trainer did not see SIGTERM: %v", m)
+		}
+	})
+
+	t.Run("stop", func(t *testing.T) {
+		waitFor("train-stop", func(d map[string]any) bool { return str(d, "SecondaryStatus") == "Training" })
+		awsJSON(t, c, cli, []string{"sagemaker", "stop-training-job", "--training-job-name", "train-stop"})
+		d := waitFor("train-stop", ended)
+		if str(d, "TrainingJobStatus") != "Stopped" || str(d, "SecondaryStatus") != "Stopped" {
+			t.Fatalf("train-stop: %v", d)
+		}
+		if m := model(t, str(d, "ModelArtifacts", "S3ModelArtifacts")); m["terminated"] != "got SIGTERM\n" {
+			t.Fatalf("the trainer did not see SIGTERM: %v", m)
+		}
+	})
+
+	t.Run("network isolation", func(t *testing.T) {
+		d := waitFor("train-isolated", ended)
+		if str(d, "TrainingJobStatus") != "Completed" {
+			t.Fatalf("train-isolated: %v", d)
+		}
+		m := model(t, str(d, "ModelArtifacts", "S3ModelArtifacts"))["model.txt"]
+		if !strings.Contains(m, "reach=fail ") {
+			t.Fatalf("an isolated job reached convoy:\n%s", m)
+		}
+	})
+
+	t.Run("input access denied", func(t *testing.T) {
+		d := waitFor("train-denied", ended)
+		if str(d, "TrainingJobStatus") != "Failed" || !strings.HasPrefix(str(d, "FailureReason"), "ClientError: Data download failed") ||
+			!strings.Contains(str(d, "FailureReason"), "AccessDenied") {
+			t.Fatalf("train-denied: %v", d)
+		}
+	})
+
+	t.Run("unknown image", func(t *testing.T) {
+		job := trainingJob("no-image", role, key, 1, 300, map[string]string{"mode": "train"})
+		job["AlgorithmSpecification"].(map[string]any)["TrainingImage"] = "nope:1"
+		file := writeFile(t, filepath.Join(t.TempDir(), "job.json"), mustJSON(job))
+		r := c.AWS(t, cli, []string{"sagemaker", "create-training-job", "--cli-input-json", "file://" + file}, "AWS_MAX_ATTEMPTS=1")
+		if r.Err == nil || !strings.Contains(r.Stderr, "(ValidationException)") || !strings.Contains(r.Stderr, "convoy images import") {
+			t.Fatalf("unknown image: %v\n%s", r.Err, r.Stderr)
+		}
+		awsFails(t, c, cli, "ResourceNotFound", []string{"sagemaker", "describe-training-job", "--training-job-name", "no-image"})
+	})
+	t.Logf("7 jobs ran in %s", time.Since(started).Round(time.Millisecond))
+
+	// convoy stopping with a job running stops its containers and records
+	// the job Failed with the reason; the restarted convoy says so too.
+	create(trainingJob("train-shutdown", role, key, 1, 300, map[string]string{"mode": "sleep"}))
+	waitFor("train-shutdown", func(d map[string]any) bool { return str(d, "SecondaryStatus") == "Training" })
+	if err := c.Stop(); err != nil {
+		t.Fatalf("stop convoy: %v", err)
+	}
+	c = harness.Start(t, harness.Options{DataDir: c.DataDir, Args: []string{"--training-stop-grace", "5s"}})
+	if d := describe("train-shutdown"); str(d, "TrainingJobStatus") != "Failed" || !strings.Contains(str(d, "FailureReason"), "convoy stopped") {
+		t.Fatalf("train-shutdown after restart: %v", d)
+	}
+	if out, _ := exec.Command("runc", "--root", filepath.Join(c.DataDir, "executor", "runc"), "list", "-q").Output(); len(bytes.TrimSpace(out)) > 0 {
+		t.Fatalf("containers left after shutdown: %s", out)
+	}
+
+	// Nothing of the jobs is left but their logs.
+	entries, _ := os.ReadDir(filepath.Join(c.DataDir, "jobs", "train-ok"))
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if !slices.Equal(names, []string{"logs"}) {
+		t.Errorf("job directory holds %v, want only logs", names)
+	}
+}
+
+// transitions lists a description's SecondaryStatusTransitions.
+func transitions(d map[string]any) string {
+	var seen []string
+	for _, tr := range d["SecondaryStatusTransitions"].([]any) {
+		seen = append(seen, tr.(map[string]any)["Status"].(string))
+	}
+	return strings.Join(seen, ",")
+}
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// untar reads the regular files of a .tar.gz.
+func untar(t *testing.T, path string) map[string]string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	gz, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(gz)
+	files := map[string]string{}
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return files
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.Typeflag == tar.TypeReg {
+			b, _ := io.ReadAll(tr)
+			files[h.Name] = string(b)
+		}
+	}
+}
