@@ -67,8 +67,10 @@ type JobSpec struct {
 	RootFS string
 	// Args is the process to run (image Entrypoint + ["train"]). Args[0] is
 	// looked up in the PATH of Env when it is not absolute.
-	Args    []string
-	Env     []string
+	Args []string
+	Env  []string
+	// HostEnv, if set, adds variables for one host (SM_CURRENT_HOST).
+	HostEnv func(host string) []string
 	WorkDir string // must exist in the image or be a mount; "" means "/"
 	// UID and GID run the process as the image user; zero is root in the
 	// container, which has no capabilities either way.

@@ -43,6 +43,14 @@ type hostConfig struct {
 	shmBytes int64
 }
 
+// hostEnv is the job's environment plus the host's own variables.
+func hostEnv(s JobSpec, host string) []string {
+	if s.HostEnv == nil {
+		return s.Env
+	}
+	return append(append([]string(nil), s.Env...), s.HostEnv(host)...)
+}
+
 // ociSpec builds the container configuration of one host.
 //
 // The process runs without any capability and with no_new_privs, so root in
@@ -107,7 +115,7 @@ func ociSpec(s JobSpec, hc hostConfig) *specs.Spec {
 		Process: &specs.Process{
 			User:            specs.User{UID: s.UID, GID: s.GID},
 			Args:            s.Args,
-			Env:             s.Env,
+			Env:             hostEnv(s, hc.host),
 			Cwd:             s.WorkDir,
 			Capabilities:    noCaps,
 			NoNewPrivileges: true,

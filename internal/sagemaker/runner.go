@@ -213,6 +213,7 @@ func (r *LocalRunner) Run(ctx context.Context, job *Job, report Reporter) (out O
 	spec := executor.JobSpec{
 		ID: j.id, Hosts: len(j.hosts), RootFS: rootfs,
 		Args: containerArgs(req.AlgorithmSpecification, img.Config), Env: j.containerEnv(img.Config),
+		HostEnv: func(host string) []string { return []string{"SM_CURRENT_HOST=" + host} },
 		WorkDir: img.Config.WorkingDir, UID: uid, GID: gid,
 		Mounts: j.mounts, LogDir: filepath.Join(j.dir, "logs"),
 		Network: executor.Endpoint, Allow: []netip.AddrPort{r.Listen},

@@ -202,7 +202,7 @@ func TestTrainingJobsEndToEnd(t *testing.T) {
 			`hps={"lr":"0.1","mode":"train"`,
 			"train-mode=File content=text/csv\n",
 			"digest=2 files " + hex.EncodeToString(h.Sum(nil)) + "\n",
-			"env SM_CHANNEL_TRAIN=/opt/ml/input/data/train TRAINING_JOB_NAME=train-ok\n",
+			"env SM_CHANNEL_TRAIN=/opt/ml/input/data/train TRAINING_JOB_NAME=train-ok SM_CURRENT_HOST=algo-1\n",
 			"allowed=ok 1,2,3\n",
 			"denied=error AccessDenied\n",
 		} {

@@ -61,7 +61,7 @@ func main() {
 	case "train":
 		fmt.Fprintf(&model, "train-mode=%s content=%s\n", dc["train"]["TrainingInputMode"], dc["train"]["ContentType"])
 		fmt.Fprintf(&model, "digest=%s\n", digest("/opt/ml/input/data/train"))
-		fmt.Fprintf(&model, "env SM_CHANNEL_TRAIN=%s TRAINING_JOB_NAME=%s\n", os.Getenv("SM_CHANNEL_TRAIN"), os.Getenv("TRAINING_JOB_NAME"))
+		fmt.Fprintf(&model, "env SM_CHANNEL_TRAIN=%s TRAINING_JOB_NAME=%s SM_CURRENT_HOST=%s\n", os.Getenv("SM_CHANNEL_TRAIN"), os.Getenv("TRAINING_JOB_NAME"), os.Getenv("SM_CURRENT_HOST"))
 		fmt.Fprintf(&model, "allowed=%s\n", get(hps["probe_allowed"], 30*time.Second))
 		fmt.Fprintf(&model, "denied=%s\n", get(hps["probe_denied"], 30*time.Second))
 		os.WriteFile("/opt/ml/output/data/metrics.txt", []byte("loss=0.1\n"), 0o644)
