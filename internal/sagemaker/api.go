@@ -176,6 +176,12 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		out, err = s.describeTrainingJob(r, p, body)
 	case "ListTrainingJobs":
 		out, err = s.listTrainingJobs(r, p, body)
+	case "AddTags":
+		out, err = s.addTags(r, p, body)
+	case "ListTags":
+		out, err = s.listTags(r, p, body)
+	case "DeleteTags":
+		out, err = s.deleteTags(r, p, body)
 	case "StopTrainingJob":
 		out, err = s.stopTrainingJob(r, p, body)
 	default:

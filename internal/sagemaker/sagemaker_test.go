@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"convoy/internal/awsproto"
 	"convoy/internal/iam"
 	"convoy/internal/sealbox"
@@ -265,4 +267,63 @@ func TestAuthorization(t *testing.T) {
 		t.Fatalf("allowed job: %d %v", status, out)
 	}
 	waitStatus(t, e, "j", Completed)
+}
+
+func TestTags(t *testing.T) {
+	e := newEnv(t)
+	close(e.runner.hold)
+	e.runner.outcome = Outcome{Status: Completed, Secondary: "Completed"}
+	_, out := e.call("CreateTrainingJob", e.job("tagged", func(j map[string]any) {
+		j["Tags"] = []any{map[string]any{"Key": "team", "Value": "oncology"}}
+	}), e.admin)
+	arn := out["TrainingJobArn"].(string)
+	e.call("AddTags", map[string]any{"ResourceArn": arn, "Tags": []any{map[string]any{"Key": "phi", "Value": "yes"}}}, e.admin)
+	_, l := e.call("ListTags", map[string]any{"ResourceArn": arn, "MaxResults": 1}, e.admin)
+	if tags := l["Tags"].([]any); len(tags) != 1 || tags[0].(map[string]any)["Key"] != "phi" || l["NextToken"] == nil {
+		t.Fatalf("list page 1: %v", l)
+	}
+	_, l = e.call("ListTags", map[string]any{"ResourceArn": arn, "MaxResults": 1, "NextToken": l["NextToken"]}, e.admin)
+	if tags := l["Tags"].([]any); len(tags) != 1 || tags[0].(map[string]any)["Value"] != "oncology" || l["NextToken"] != nil {
+		t.Fatalf("list page 2: %v", l)
+	}
+	e.call("DeleteTags", map[string]any{"ResourceArn": arn, "TagKeys": []string{"phi"}}, e.admin)
+	_, l = e.call("ListTags", map[string]any{"ResourceArn": arn}, e.admin)
+	if tags := l["Tags"].([]any); len(tags) != 1 {
+		t.Fatalf("after delete: %v", l)
+	}
+	if status, out := e.call("ListTags", map[string]any{"ResourceArn": arn + "x"}, e.admin); status != 400 || out["__type"] != "ResourceNotFound" {
+		t.Fatalf("unknown resource: %d %v", status, out)
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	e := newEnv(t)
+	close(e.runner.hold)
+	e.runner.outcome = Outcome{Status: Failed, Secondary: "Failed", FailureReason: "x"}
+	reg := prometheus.NewRegistry()
+	e.svc.RegisterMetrics(reg)
+	e.call("CreateTrainingJob", e.job("m1", nil), e.admin)
+	waitStatus(t, e, "m1", Failed)
+	if got := gaugeValue(t, reg, "Failed"); got != 1 {
+		t.Fatalf("failed jobs gauge %v, want 1", got)
+	}
+}
+
+func gaugeValue(t *testing.T, reg *prometheus.Registry, status string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "status" && l.GetValue() == status {
+					return m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no gauge for %s", status)
+	return 0
 }

@@ -1,0 +1,131 @@
+package sagemaker
+
+import (
+	"encoding/base64"
+	"net/http"
+	"strconv"
+
+	"convoy/internal/iam"
+)
+
+const maxTags = 50
+
+// taggable checks that arn names a resource of this service that exists.
+func (s *Service) taggable(r *http.Request, arn string) error {
+	var one int
+	err := s.db.QueryRowContext(r.Context(), `SELECT 1 FROM sm_training_jobs WHERE arn = ?`, arn).Scan(&one)
+	if isNoRows(err) {
+		return notFound("Requested resource not found: %s", arn)
+	}
+	return err
+}
+
+func (s *Service) addTags(r *http.Request, p *iam.Principal, body []byte) (any, error) {
+	var req struct {
+		ResourceArn string
+		Tags        []Tag
+	}
+	if err := decode(body, &req); err != nil {
+		return nil, err
+	}
+	if err := s.iam.Authorize(r.Context(), p, "sagemaker:AddTags", req.ResourceArn, nil); err != nil {
+		return nil, err
+	}
+	if err := s.taggable(r, req.ResourceArn); err != nil {
+		return nil, err
+	}
+	for _, t := range req.Tags {
+		if t.Key == "" || len(t.Key) > 128 || len(t.Value) > 256 {
+			return nil, validation("tag keys are 1 to 128 characters and values at most 256")
+		}
+	}
+	tx, err := s.db.BeginTx(r.Context(), nil)
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback()
+	for _, t := range req.Tags {
+		if _, err := tx.Exec(`INSERT OR REPLACE INTO sm_tags (arn, key, value) VALUES (?, ?, ?)`, req.ResourceArn, t.Key, t.Value); err != nil {
+			return nil, err
+		}
+	}
+	var n int
+	tx.QueryRow(`SELECT COUNT(*) FROM sm_tags WHERE arn = ?`, req.ResourceArn).Scan(&n)
+	if n > maxTags {
+		return nil, validation("a resource can have at most %d tags", maxTags)
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, err
+	}
+	return map[string]any{"Tags": req.Tags}, nil
+}
+
+func (s *Service) listTags(r *http.Request, p *iam.Principal, body []byte) (any, error) {
+	var req struct {
+		ResourceArn string
+		NextToken   string
+		MaxResults  int
+	}
+	if err := decode(body, &req); err != nil {
+		return nil, err
+	}
+	if err := s.iam.Authorize(r.Context(), p, "sagemaker:ListTags", req.ResourceArn, nil); err != nil {
+		return nil, err
+	}
+	if err := s.taggable(r, req.ResourceArn); err != nil {
+		return nil, err
+	}
+	if req.MaxResults == 0 {
+		req.MaxResults = 50
+	}
+	start := 0
+	if req.NextToken != "" {
+		b, err := base64.RawURLEncoding.DecodeString(req.NextToken)
+		if start, _ = strconv.Atoi(string(b)); err != nil || start < 0 {
+			return nil, validation("NextToken is invalid")
+		}
+	}
+	rows, err := s.db.QueryContext(r.Context(), `SELECT key, value FROM sm_tags WHERE arn = ? ORDER BY key LIMIT ? OFFSET ?`,
+		req.ResourceArn, req.MaxResults+1, start)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	tags := []Tag{}
+	for rows.Next() {
+		var t Tag
+		if err := rows.Scan(&t.Key, &t.Value); err != nil {
+			return nil, err
+		}
+		tags = append(tags, t)
+	}
+	out := map[string]any{}
+	if len(tags) > req.MaxResults {
+		tags = tags[:req.MaxResults]
+		out["NextToken"] = base64.RawURLEncoding.EncodeToString([]byte(strconv.Itoa(start + req.MaxResults)))
+	}
+	out["Tags"] = tags
+	return out, rows.Err()
+}
+
+func (s *Service) deleteTags(r *http.Request, p *iam.Principal, body []byte) (any, error) {
+	var req struct {
+		ResourceArn string
+		TagKeys     []string
+	}
+	if err := decode(body, &req); err != nil {
+		return nil, err
+	}
+	if err := s.iam.Authorize(r.Context(), p, "sagemaker:DeleteTags", req.ResourceArn, nil); err != nil {
+		return nil, err
+	}
+	if err := s.taggable(r, req.ResourceArn); err != nil {
+		return nil, err
+	}
+	for _, k := range req.TagKeys {
+		if _, err := s.db.ExecContext(r.Context(), `DELETE FROM sm_tags WHERE arn = ? AND key = ?`, req.ResourceArn, k); err != nil {
+			return nil, err
+		}
+	}
+	return map[string]any{}, nil
+}
