@@ -240,18 +240,22 @@ func (s *Server) withRequestLog(next http.Handler) http.Handler {
 			label = "none"
 		}
 		s.metrics.observe(label, sw.status, elapsed)
-		attrs := []any{
-			"request_id", id, "method", r.Method, "path", r.URL.Path, "service", service,
-			"protocol", proto.String(), "status", sw.status, "bytes", sw.bytes,
-			"duration_ms", float64(elapsed.Microseconds()) / 1000, "remote", r.RemoteAddr, "proto", r.Proto,
+		if !s.log.Enabled(ctx, slog.LevelInfo) {
+			return
 		}
+		attrs := make([]slog.Attr, 0, 14)
+		attrs = append(attrs,
+			slog.String("request_id", id), slog.String("method", r.Method), slog.String("path", r.URL.Path),
+			slog.String("service", service), slog.String("protocol", proto.String()), slog.Int("status", sw.status),
+			slog.Int64("bytes", sw.bytes), slog.Float64("duration_ms", float64(elapsed.Microseconds())/1000),
+			slog.String("remote", r.RemoteAddr), slog.String("proto", r.Proto))
 		if op := r.Header.Get("X-Amz-Target"); op != "" {
-			attrs = append(attrs, "operation", op)
+			attrs = append(attrs, slog.String("operation", op))
 		}
 		if info.caller != "" {
-			attrs = append(attrs, "caller", info.caller)
+			attrs = append(attrs, slog.String("caller", info.caller))
 		}
-		s.log.Info("request", attrs...)
+		s.log.LogAttrs(ctx, slog.LevelInfo, "request", attrs...)
 	})
 }
 
