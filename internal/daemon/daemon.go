@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"convoy/internal/auth"
+	"convoy/internal/cwlogs"
 	"convoy/internal/executor"
 	"convoy/internal/fsutil"
 	"convoy/internal/iam"
@@ -168,7 +169,9 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
+	training.RegisterMetrics(srv.Registry())
 	srv.Handle("sagemaker", training)
+	srv.Handle("logs", cwlogs.New(ids, ids.AccountID(), o.Region, sagemaker.JobLogDirs(filepath.Join(o.DataDir, "jobs")), log))
 	srv.CertificateServed(certs.Leaf())
 	switch c := certs.(type) {
 	case *pki.Rotator:

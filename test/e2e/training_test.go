@@ -210,6 +210,11 @@ func TestTrainingJobsEndToEnd(t *testing.T) {
 				t.Errorf("model.txt lacks %q:\n%s", want, m)
 			}
 		}
+		logs := awsJSON(t, c, cli, []string{"logs", "get-log-events", "--log-group-name", "/aws/sagemaker/TrainingJobs",
+			"--log-stream-name", "train-ok/algo-1-1", "--start-from-head"})
+		if !strings.Contains(fmt.Sprint(logs["events"]), "trainer on algo-1, mode train") {
+			t.Errorf("get-log-events lacks the trainer's line: %v", logs)
+		}
 		head := awsJSON(t, c, cli, []string{"s3api", "head-object", "--bucket", "output", "--key", "models/train-ok/output/model.tar.gz"})
 		if str(head, "ServerSideEncryption") != "aws:kms" || str(head, "SSEKMSKeyId") != key {
 			t.Fatalf("model.tar.gz encryption: %v", head)
