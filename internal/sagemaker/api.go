@@ -184,6 +184,14 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		out, err = s.deleteTags(r, p, body)
 	case "StopTrainingJob":
 		out, err = s.stopTrainingJob(r, p, body)
+	case "CreateProcessingJob":
+		out, err = s.createProcessingJob(r, p, body)
+	case "DescribeProcessingJob":
+		out, err = s.describeProcessingJob(r, p, body)
+	case "ListProcessingJobs":
+		out, err = s.listProcessingJobs(r, p, body)
+	case "StopProcessingJob":
+		out, err = s.stopProcessingJob(r, p, body)
 	default:
 		err = awsproto.Errorf(http.StatusBadRequest, "UnknownOperationException", "operation SageMaker.%s is not supported by this convoy", op)
 	}

@@ -48,6 +48,7 @@ var migrations = []string{
 		value TEXT NOT NULL,
 		PRIMARY KEY (arn, key)
 	);`,
+	processingMigration,
 }
 
 // Training job statuses (TrainingJobStatus).
@@ -141,6 +142,9 @@ func Open(ctx context.Context, db *state.DB, store *iam.Store, region string, ru
 		s.finish(n, Outcome{Status: Failed, Secondary: "Failed",
 			FailureReason: "convoy stopped while this job was running; its containers were stopped with it. Start the job again under a new name."})
 		log.Warn("training job interrupted by a convoy restart, marked Failed", "job", n)
+	}
+	if err := s.settleProcessing(ctx); err != nil {
+		return nil, err
 	}
 	return s, nil
 }

@@ -13,7 +13,8 @@ const maxTags = 50
 // taggable checks that arn names a resource of this service that exists.
 func (s *Service) taggable(r *http.Request, arn string) error {
 	var one int
-	err := s.db.QueryRowContext(r.Context(), `SELECT 1 FROM sm_training_jobs WHERE arn = ?`, arn).Scan(&one)
+	err := s.db.QueryRowContext(r.Context(), `SELECT 1 FROM sm_training_jobs WHERE arn = ?
+		UNION ALL SELECT 1 FROM sm_processing_jobs WHERE arn = ? LIMIT 1`, arn, arn).Scan(&one)
 	if isNoRows(err) {
 		return notFound("Requested resource not found: %s", arn)
 	}

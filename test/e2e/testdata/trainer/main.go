@@ -10,6 +10,11 @@
 //	sleep     wait for SIGTERM, write model/terminated, exit 0
 //	pair      algo-1 serves one connection, algo-2 dials algo-1 by name
 //	reach     try to list a bucket through AWS_ENDPOINT_URL (5 s)
+//
+// Run with the arguments "process [fail]" it is a processing container
+// instead: it digests /opt/ml/processing/input/data into
+// /opt/ml/processing/output/result.txt, or, with "fail", writes
+// /opt/ml/output/message "bad input" and exits 1.
 package main
 
 import (
@@ -41,6 +46,10 @@ import (
 var model strings.Builder
 
 func main() {
+	if len(os.Args) >= 2 && os.Args[1] == "process" {
+		process(os.Args[2:])
+		return
+	}
 	if len(os.Args) != 2 || os.Args[1] != "train" {
 		fail(fmt.Sprintf("want the single argument train, got %q", os.Args[1:]))
 	}
@@ -192,4 +201,32 @@ func get(uri string, timeout time.Duration) string {
 	b := make([]byte, 64)
 	n, _ := out.Body.Read(b)
 	return "ok " + strings.TrimSpace(string(b[:n]))
+}
+
+// process is the processing mode.
+func process(args []string) {
+	var job struct{ ProcessingJobName, ProcessingJobArn string }
+	readJSON("/opt/ml/config/processingjobconfig.json", &job)
+	var rc struct {
+		CurrentHost string   `json:"current_host"`
+		Hosts       []string `json:"hosts"`
+	}
+	readJSON("/opt/ml/config/resourceconfig.json", &rc)
+	if len(args) > 0 && args[0] == "fail" {
+		os.WriteFile("/opt/ml/output/message", []byte("bad input"), 0o644)
+		os.Exit(1)
+	}
+	var out strings.Builder
+	fmt.Fprintf(&out, "job=%s host=%s hosts=%s\n", job.ProcessingJobName, rc.CurrentHost, strings.Join(rc.Hosts, ","))
+	fmt.Fprintf(&out, "digest=%s\n", digest("/opt/ml/processing/input/data"))
+	err := os.WriteFile("/opt/ml/processing/input/data/x", []byte("x"), 0o644)
+	fmt.Fprintf(&out, "input-writable=%t\n", err == nil)
+	fmt.Fprintf(&out, "env=%s\n", os.Getenv("JOB_ENV"))
+	if err := os.WriteFile("/opt/ml/processing/output/result.txt", []byte(out.String()), 0o644); err != nil {
+		os.WriteFile("/opt/ml/output/message", []byte(err.Error()), 0o644)
+		os.Exit(2)
+	}
+	os.MkdirAll("/opt/ml/processing/output/sub", 0o755)
+	os.WriteFile("/opt/ml/processing/output/sub/n.txt", []byte("2\n"), 0o644)
+	os.WriteFile("/opt/ml/output/message", []byte("processed"), 0o644)
 }
