@@ -420,26 +420,11 @@ func (s *Service) listTrainingJobs(r *http.Request, p *iam.Principal, body []byt
 		}
 		return key(j) < key(i) // SageMaker's default order is descending
 	})
-	start := 0
-	if req.NextToken != "" {
-		b, err := base64.RawURLEncoding.DecodeString(req.NextToken)
-		if err != nil {
-			return nil, validation("NextToken is invalid")
-		}
-		if start, err = strconv.Atoi(string(b)); err != nil || start < 0 || start > len(all) {
-			return nil, validation("NextToken is invalid")
-		}
-	}
-	end := min(start+req.MaxResults, len(all))
-	summaries := make([]map[string]any, 0, end-start)
-	for _, sm := range all[start:end] {
+	summaries := make([]map[string]any, 0, len(all))
+	for _, sm := range all {
 		summaries = append(summaries, sm.m)
 	}
-	out := map[string]any{"TrainingJobSummaries": summaries}
-	if end < len(all) {
-		out["NextToken"] = base64.RawURLEncoding.EncodeToString([]byte(strconv.Itoa(end)))
-	}
-	return out, nil
+	return pageOf("TrainingJobSummaries", summaries, req.NextToken, req.MaxResults)
 }
 
 func (s *Service) stopTrainingJob(r *http.Request, p *iam.Principal, body []byte) (any, error) {
@@ -466,4 +451,25 @@ func (s *Service) stopTrainingJob(r *http.Request, p *iam.Principal, body []byte
 		s.finish(req.TrainingJobName, Outcome{Status: Stopped, Secondary: "Stopped"})
 	}
 	return map[string]any{}, nil
+}
+
+// pageOf returns one page of summaries under field, with SageMaker's
+// opaque NextToken (the offset of the next page).
+func pageOf(field string, summaries []map[string]any, token string, max int) (map[string]any, error) {
+	start := 0
+	if token != "" {
+		b, err := base64.RawURLEncoding.DecodeString(token)
+		if err != nil {
+			return nil, validation("NextToken is invalid")
+		}
+		if start, err = strconv.Atoi(string(b)); err != nil || start < 0 || start > len(summaries) {
+			return nil, validation("NextToken is invalid")
+		}
+	}
+	end := min(start+max, len(summaries))
+	out := map[string]any{field: summaries[start:end]}
+	if end < len(summaries) {
+		out["NextToken"] = base64.RawURLEncoding.EncodeToString([]byte(strconv.Itoa(end)))
+	}
+	return out, nil
 }

@@ -2,7 +2,6 @@ package sagemaker
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -522,26 +521,11 @@ func (s *Service) listProcessingJobs(r *http.Request, p *iam.Principal, body []b
 		}
 		return key(j) < key(i)
 	})
-	start := 0
-	if req.NextToken != "" {
-		b, err := base64.RawURLEncoding.DecodeString(req.NextToken)
-		if err != nil {
-			return nil, validation("NextToken is invalid")
-		}
-		if start, err = strconv.Atoi(string(b)); err != nil || start < 0 || start > len(all) {
-			return nil, validation("NextToken is invalid")
-		}
-	}
-	end := min(start+req.MaxResults, len(all))
-	summaries := make([]map[string]any, 0, end-start)
-	for _, sm := range all[start:end] {
+	summaries := make([]map[string]any, 0, len(all))
+	for _, sm := range all {
 		summaries = append(summaries, sm.m)
 	}
-	out := map[string]any{"ProcessingJobSummaries": summaries}
-	if end < len(all) {
-		out["NextToken"] = base64.RawURLEncoding.EncodeToString([]byte(strconv.Itoa(end)))
-	}
-	return out, nil
+	return pageOf("ProcessingJobSummaries", summaries, req.NextToken, req.MaxResults)
 }
 
 func (s *Service) stopProcessingJob(r *http.Request, p *iam.Principal, body []byte) (any, error) {
