@@ -19,15 +19,12 @@
 package cwlogs
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
-	"strconv"
 	"strings"
 
 	"convoy/internal/awsproto"
@@ -99,19 +96,10 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		awsproto.WriteError(w, r, awsproto.JSON, ae)
 		return
 	}
-	buf, _ := json.Marshal(out)
-	w.Header().Set("Content-Type", "application/x-amz-json-1.1")
-	w.Header().Set("Content-Length", strconv.Itoa(len(buf)))
-	w.Write(buf)
+	awsproto.WriteJSON(w, out)
 }
 
-func decode(body []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
-		return awsproto.Errorf(http.StatusBadRequest, "SerializationException", "request body is not valid JSON for this operation: %v", err)
-	}
-	return nil
-}
+func decode(body []byte, v any) error { return awsproto.DecodeJSON(body, v) }
 
 func invalid(format string, args ...any) error {
 	return awsproto.Errorf(http.StatusBadRequest, "InvalidParameterException", format, args...)

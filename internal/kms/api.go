@@ -1,10 +1,7 @@
 package kms
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -81,16 +78,9 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, s.internal(r.Context(), err))
 		return
 	}
-	resp, err := json.Marshal(out)
-	if err != nil {
+	if err := awsproto.WriteJSON(w, out); err != nil {
 		s.writeError(w, r, s.internal(r.Context(), fmt.Errorf("encode %s response: %w", name, err)))
-		return
 	}
-	h := w.Header()
-	h.Set("Content-Type", "application/x-amz-json-1.1")
-	h.Set("Content-Length", strconv.Itoa(len(resp)))
-	w.WriteHeader(http.StatusOK)
-	w.Write(resp)
 }
 
 func (s *Service) writeError(w http.ResponseWriter, r *http.Request, err *awsproto.Error) {
@@ -98,23 +88,7 @@ func (s *Service) writeError(w http.ResponseWriter, r *http.Request, err *awspro
 }
 
 // decode reads the request body into v. An empty body is an empty input.
-func (c *call) decode(v any) error {
-	body := bytes.TrimSpace(c.body)
-	if len(body) == 0 {
-		return nil
-	}
-	if body[0] != '{' {
-		return kmsError("SerializationException", "the request body must be a JSON object")
-	}
-	if err := json.Unmarshal(body, v); err != nil {
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) {
-			return kmsError("SerializationException", "%s has the wrong type: %s is not a %s", te.Field, te.Value, te.Type)
-		}
-		return kmsError("SerializationException", "the request body is not valid JSON for this operation: %v", err)
-	}
-	return nil
-}
+func (c *call) decode(v any) error { return awsproto.DecodeJSON(c.body, v) }
 
 // epochTime is a timestamp as the JSON protocols write it: seconds since
 // the epoch, as a number.

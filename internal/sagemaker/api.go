@@ -1,7 +1,6 @@
 package sagemaker
 
 import (
-	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -204,19 +203,10 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		awsproto.WriteError(w, r, awsproto.JSON, ae)
 		return
 	}
-	buf, _ := json.Marshal(out)
-	w.Header().Set("Content-Type", "application/x-amz-json-1.1")
-	w.Header().Set("Content-Length", strconv.Itoa(len(buf)))
-	w.Write(buf)
+	awsproto.WriteJSON(w, out)
 }
 
-func decode(body []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
-		return awsproto.Errorf(http.StatusBadRequest, "SerializationException", "request body is not valid JSON for this operation: %v", err)
-	}
-	return nil
-}
+func decode(body []byte, v any) error { return awsproto.DecodeJSON(body, v) }
 
 func lower(s string) string { return strings.ToLower(s) }
 

@@ -12,7 +12,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -351,38 +350,11 @@ func processingArgs(a *AppSpecification, cfg images.ImageConfig) []string {
 // processingEnv: the image's, then the job's Environment, then the
 // credentials and endpoint, which a job cannot override.
 func processingEnv(j *jobRun, req *CreateProcessingJobRequest, cfg images.ImageConfig) []string {
-	env := map[string]string{}
-	var order []string
-	set := func(k, v string) {
-		if _, ok := env[k]; !ok {
-			order = append(order, k)
-		}
-		env[k] = v
-	}
-	for _, kv := range cfg.Env {
-		k, v, _ := strings.Cut(kv, "=")
-		set(k, v)
-	}
-	keys := make([]string, 0, len(req.Environment))
-	for k := range req.Environment {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		set(k, req.Environment[k])
-	}
-	for _, kv := range j.env {
-		k, v, _ := strings.Cut(kv, "=")
-		set(k, v)
-	}
-	if _, ok := env["PATH"]; !ok {
-		set("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-	}
-	out := make([]string, 0, len(order))
-	for _, k := range order {
-		out = append(out, k+"="+env[k])
-	}
-	return out
+	var e envBuilder
+	e.addList(cfg.Env)
+	e.addMap(req.Environment)
+	e.addList(j.env)
+	return e.list()
 }
 
 // stageProcessing downloads every object under each input's S3 prefix into

@@ -387,26 +387,10 @@ func containerArgs(a *AlgorithmSpecification, cfg images.ImageConfig) []string {
 // own variables and the credentials, which a job cannot override.
 func (j *jobRun) containerEnv(cfg images.ImageConfig) []string {
 	req := &j.job.Request
-	env := map[string]string{}
-	var order []string
-	set := func(k, v string) {
-		if _, ok := env[k]; !ok {
-			order = append(order, k)
-		}
-		env[k] = v
-	}
-	for _, kv := range cfg.Env {
-		k, v, _ := strings.Cut(kv, "=")
-		set(k, v)
-	}
-	keys := make([]string, 0, len(req.Environment))
-	for k := range req.Environment {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		set(k, req.Environment[k])
-	}
+	var e envBuilder
+	e.addList(cfg.Env)
+	e.addMap(req.Environment)
+	set := e.set
 	var channels []string
 	for _, c := range req.InputDataConfig {
 		channels = append(channels, c.ChannelName)
@@ -432,16 +416,56 @@ func (j *jobRun) containerEnv(cfg images.ImageConfig) []string {
 	set("SM_HOSTS", js(j.hosts))
 	set("SM_NUM_GPUS", "0")
 	set("SM_NUM_CPUS", strconv.Itoa(runtime.NumCPU()))
-	for _, kv := range j.env {
+	e.addList(j.env)
+	return e.list()
+}
+
+// envBuilder layers container environments: a later value replaces an
+// earlier one, and a variable keeps the position of its first appearance.
+type envBuilder struct {
+	vals  map[string]string
+	order []string
+}
+
+func (e *envBuilder) set(k, v string) {
+	if e.vals == nil {
+		e.vals = map[string]string{}
+	}
+	if _, ok := e.vals[k]; !ok {
+		e.order = append(e.order, k)
+	}
+	e.vals[k] = v
+}
+
+// addList adds KEY=value entries.
+func (e *envBuilder) addList(kvs []string) {
+	for _, kv := range kvs {
 		k, v, _ := strings.Cut(kv, "=")
-		set(k, v)
+		e.set(k, v)
 	}
-	if _, ok := env["PATH"]; !ok {
-		set("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+}
+
+// addMap adds a map in key order, so the result does not depend on Go's
+// map iteration.
+func (e *envBuilder) addMap(m map[string]string) {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
 	}
-	out := make([]string, 0, len(order))
-	for _, k := range order {
-		out = append(out, k+"="+env[k])
+	sort.Strings(keys)
+	for _, k := range keys {
+		e.set(k, m[k])
+	}
+}
+
+// list returns KEY=value entries, with a default PATH if none was set.
+func (e *envBuilder) list() []string {
+	if _, ok := e.vals["PATH"]; !ok {
+		e.set("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+	}
+	out := make([]string, 0, len(e.order))
+	for _, k := range e.order {
+		out = append(out, k+"="+e.vals[k])
 	}
 	return out
 }
