@@ -90,6 +90,28 @@ type JobSpec struct {
 	// host's process, appended, byte for byte (no timestamps or prefixes),
 	// followed by runc's own error message if the container could not start.
 	LogDir string
+	// Expose lists TCP ports of the hosts that the caller's namespace may
+	// connect to (a model server's 8080). Nothing else may enter a host.
+	Expose []uint16
+	// HostSetup, if set, runs once per host after every host's network
+	// namespace and link exist and before any container starts (inter-node
+	// encryption installs itself here). Start fails if it fails. The
+	// returned stop, if not nil, runs at Cleanup before the namespaces go.
+	HostSetup func(ctx context.Context, h HostNet) (stop func(), err error)
+}
+
+// HostNet is one host's network, as HostSetup sees it.
+type HostNet struct {
+	Job   string // JobSpec.ID
+	Host  string // algo-1 …
+	Netns string // path of the host's network namespace (a bind-mounted nsfs file)
+	// Dir is a 0700 directory of this host outside its container's view,
+	// removed with the job: a place for the host's keys.
+	Dir    string
+	Addr   netip.Addr   // the host's eth0 address
+	Subnet netip.Prefix // the job's network; the bridge holds its first address
+	// Peers maps every host of the job, this one included, to its address.
+	Peers map[string]netip.Addr
 }
 
 // Mount is a bind mount into a host's container.
@@ -115,6 +137,9 @@ type Job interface {
 	// carries all traffic between the hosts, for capture (tshark -i). "" if
 	// the backend has none.
 	BridgeName() string
+	// Addrs maps each host to the address the caller dials to reach its
+	// Expose ports.
+	Addrs() map[string]netip.Addr
 }
 
 // HostResult is how one host ended.
@@ -179,6 +204,11 @@ func (s JobSpec) validate() (JobSpec, error) {
 	}
 	if s.LogDir == "" || !filepath.IsAbs(s.LogDir) {
 		return s, fmt.Errorf("job %s: log dir %q is not an absolute path", s.ID, s.LogDir)
+	}
+	for _, p := range s.Expose {
+		if p == 0 {
+			return s, fmt.Errorf("job %s: expose port 0", s.ID)
+		}
 	}
 	if s.MemoryBytes < 0 || s.CPUs < 0 {
 		return s, fmt.Errorf("job %s: negative limit", s.ID)

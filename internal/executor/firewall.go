@@ -24,8 +24,9 @@ import (
 //   - any other address: forward accepts it and postrouting masquerades it
 //     behind the caller's address (the bridge has forwarding on).
 //
-// Nothing may enter the job network except replies: the caller's namespace
-// can capture on the bridge but cannot connect to a host. Drops are final in
+// Nothing may enter the job network except replies and connections from
+// the caller's namespace to the hosts' exposed ports (JobSpec.Expose): the
+// caller's namespace can capture on the bridge but connect to nothing else. Drops are final in
 // nftables whatever other tables accept, so a permissive host firewall does
 // not weaken this; a stricter one may still drop an allowed endpoint.
 type firewall struct {
@@ -35,6 +36,7 @@ type firewall struct {
 	dnat   []netip.AddrPort // loopback endpoints
 	local  []netip.AddrPort // endpoints on an address of the caller's namespace
 	remote []netip.AddrPort // endpoints reached by forwarding
+	expose []uint16         // host ports the caller's namespace may connect to
 }
 
 func (fw *firewall) tableRef() *nftables.Table {
@@ -70,6 +72,9 @@ func (fw *firewall) install() error {
 	for _, ap := range slices.Concat(fw.dnat, fw.local) {
 		rule(input, concat(fromJob, matchTCPTo(ap), accept)...)
 	}
+	for _, p := range fw.expose {
+		rule(input, concat(fromJob, matchTCPPort(0, p), matchReply(), accept)...)
+	}
 	rule(input, concat(fromJob, drop)...)
 
 	forward := chain("forward", nftables.ChainTypeFilter, nftables.ChainHookForward, nftables.ChainPriorityFilter)
@@ -84,6 +89,9 @@ func (fw *firewall) install() error {
 
 	output := chain("output", nftables.ChainTypeFilter, nftables.ChainHookOutput, nftables.ChainPriorityFilter)
 	rule(output, concat(toJob, matchReply(), accept)...)
+	for _, p := range fw.expose {
+		rule(output, concat(toJob, matchTCPPort(2, p), accept)...)
+	}
 	rule(output, concat(toJob, drop)...)
 
 	if len(fw.dnat) > 0 {
@@ -156,6 +164,17 @@ func matchTCPTo(ap netip.AddrPort) []expr.Any {
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(ap.Port())},
+	}
+}
+
+// matchTCPPort matches TCP with source port p (offset 0) or destination
+// port p (offset 2).
+func matchTCPPort(offset uint32, p uint16) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: offset, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(p)},
 	}
 }
 

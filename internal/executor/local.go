@@ -242,7 +242,7 @@ func (l *Local) Start(ctx context.Context, spec JobSpec) (Job, error) {
 	}
 
 	m := l.newManifest(spec)
-	fw := &firewall{table: m.Table, bridge: m.Bridge}
+	fw := &firewall{table: m.Table, bridge: m.Bridge, expose: spec.Expose}
 	for _, ap := range spec.Allow {
 		local, err := isLocalAddr(ap.Addr())
 		if err != nil {
@@ -295,6 +295,11 @@ func (l *Local) Start(ctx context.Context, spec JobSpec) (Job, error) {
 			return nil, fmt.Errorf("job %s: %s: %w", spec.ID, HostName(i), err)
 		}
 		j.hosts = append(j.hosts, h)
+	}
+	if spec.HostSetup != nil {
+		if err := j.setupHosts(ctx); err != nil {
+			return nil, fmt.Errorf("job %s: %w", spec.ID, err)
+		}
 	}
 	tPrep := time.Now()
 	for _, h := range j.hosts {
@@ -536,6 +541,7 @@ type localJob struct {
 	spec  JobSpec
 	m     manifest
 	hosts []*hostRun
+	stops []func()      // from spec.HostSetup, run at Cleanup
 	done  chan struct{} // closed when every host has exited
 
 	cleanMu sync.Mutex
@@ -659,6 +665,36 @@ func (j *localJob) Hosts() []string {
 
 func (j *localJob) BridgeName() string { return j.m.Bridge }
 
+func (j *localJob) Addrs() map[string]netip.Addr {
+	out := make(map[string]netip.Addr, len(j.m.Hosts))
+	for i, h := range j.m.Hosts {
+		out[h.Name] = hostAddrOf(j.m.Subnet, i)
+	}
+	return out
+}
+
+// setupHosts runs spec.HostSetup for every host, in order.
+func (j *localJob) setupHosts(ctx context.Context) error {
+	peers := j.Addrs()
+	for i, hs := range j.m.Hosts {
+		dir := filepath.Join(hs.Dir, "private")
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+		stop, err := j.spec.HostSetup(ctx, HostNet{
+			Job: j.spec.ID, Host: hs.Name, Netns: filepath.Join(hs.Dir, "netns"), Dir: dir,
+			Addr: hostAddrOf(j.m.Subnet, i), Subnet: j.m.Subnet, Peers: peers,
+		})
+		if err != nil {
+			return fmt.Errorf("%s: host setup: %w", hs.Name, err)
+		}
+		if stop != nil {
+			j.stops = append(j.stops, stop)
+		}
+	}
+	return nil
+}
+
 func (j *localJob) Wait(ctx context.Context) ([]HostResult, error) {
 	select {
 	case <-j.done:
@@ -712,6 +748,10 @@ func (j *localJob) Cleanup() error {
 			<-h.done
 		}
 	}
+	for _, stop := range j.stops {
+		stop()
+	}
+	j.stops = nil
 	if err := j.l.teardown(j.m); err != nil {
 		return err
 	}
