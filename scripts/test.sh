@@ -16,6 +16,8 @@ command -v runc >/dev/null || need+=(runc)
 command -v stunnel4 >/dev/null || need+=(stunnel4)
 command -v iperf3 >/dev/null || need+=(iperf3)
 command -v faketime >/dev/null || need+=(faketime)
+command -v gocryptfs >/dev/null || need+=(gocryptfs)
+command -v fusermount3 >/dev/null || need+=(fuse3)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test tools: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

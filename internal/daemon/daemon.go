@@ -35,6 +35,7 @@ import (
 	"convoy/internal/state"
 	"convoy/internal/sts"
 	"convoy/internal/tlsconf"
+	"convoy/internal/volume"
 )
 
 // Options are `convoy up`'s settings.
@@ -266,6 +267,10 @@ func trainingRunner(o Options, addr *net.TCPAddr, caBundle string, tokens *sts.S
 		Executor: exec, Images: store, Creds: tokens, Dir: mkdir(o.DataDir, "jobs"),
 		Endpoint: "https://" + host, HTTP: &http.Client{Transport: tr},
 		Listen: listen, CAPEM: caPEM, Region: o.Region, StopGrace: o.StopGrace, Log: log,
+		Volumes: volume.Gocryptfs{},
+	}
+	if err := volume.Check(); err != nil {
+		log.Warn("training and processing jobs will fail until this is fixed", "err", err)
 	}
 	if err := runner.Tidy(); err != nil {
 		log.Warn("remove what interrupted training jobs left", "err", err)

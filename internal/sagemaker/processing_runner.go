@@ -19,6 +19,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
 
@@ -78,9 +79,7 @@ func (r *LocalRunner) RunProcessing(ctx context.Context, job *ProcessingJob, sta
 			j.log.Error("processing job runner panicked", "panic", p)
 			out = procFailed("InternalServerError: convoy failed while running the job; see its log")
 		}
-		for _, d := range jobDirsToRemove {
-			os.RemoveAll(filepath.Join(j.dir, d))
-		}
+		j.removeWork()
 	}()
 	stoppedEarly := func() ProcessingOutcome {
 		if errors.Is(context.Cause(ctx), ErrStopRequested) {
@@ -125,6 +124,13 @@ func (r *LocalRunner) RunProcessing(ctx context.Context, job *ProcessingJob, sta
 		j.env = append(j.env, "AWS_CA_BUNDLE=/opt/ml/config/"+caFile)
 	}
 
+	kc := kms.New(kms.Options{
+		Region: r.Region, BaseEndpoint: aws.String(r.Endpoint), HTTPClient: r.HTTP,
+		Credentials: credentials.NewStaticCredentialsProvider(akid, secret, token),
+	})
+	if reason, ok := j.mountVolume(ctx, req.ProcessingResources.ClusterConfig.VolumeKmsKeyId, kc); !ok {
+		return procFailed("%s", reason)
+	}
 	if err := prepareProcessingDirs(j, req, uid, gid); err != nil {
 		return procFailed("InternalServerError: prepare job directories: %v", err)
 	}
@@ -136,7 +142,7 @@ func (r *LocalRunner) RunProcessing(ctx context.Context, job *ProcessingJob, sta
 	}
 	if uid != 0 || gid != 0 {
 		// The image user reads what root staged.
-		if err := chownTree(filepath.Join(j.dir, "input"), uid, gid); err != nil {
+		if err := chownTree(filepath.Join(j.work, "input"), uid, gid); err != nil {
 			return procFailed("InternalServerError: prepare input: %v", err)
 		}
 	}
@@ -240,7 +246,7 @@ func exitMessage(j *jobRun) string {
 	return s
 }
 
-func inputDir(j *jobRun, i int) string { return filepath.Join(j.dir, "input", strconv.Itoa(i)) }
+func inputDir(j *jobRun, i int) string { return filepath.Join(j.work, "input", strconv.Itoa(i)) }
 
 func outputDir(j *jobRun, host string, i int) string {
 	return filepath.Join(j.hostDir(host), "outputs", strconv.Itoa(i))

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"compress/gzip"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,6 +25,8 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+	kmstypes "github.com/aws/aws-sdk-go-v2/service/kms/types"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
@@ -68,6 +71,10 @@ type LocalRunner struct {
 	// /opt/ml/input/config/convoy-ca.pem. Empty: the system roots.
 	CAPEM  []byte
 	Region string
+	// Volumes mounts each job's encrypted storage volume (staged input,
+	// model, output). Required: a job without one fails rather than leave
+	// its data in plaintext on disk.
+	Volumes Volumes
 	// StopGrace is how long a host has between SIGTERM and SIGKILL when a
 	// job is stopped or runs out of time (SageMaker: 120 s).
 	StopGrace time.Duration
@@ -102,8 +109,77 @@ func (r *LocalRunner) Validate(_ context.Context, req *CreateTrainingJobRequest)
 	return nil
 }
 
-// jobDirsToRemove are what a job's directory holds besides its logs.
+// jobDirsToRemove are what a job's directory holds besides its logs and
+// its volume.
 var jobDirsToRemove = []string{"input", "hosts", "upload"}
+
+// volumeDir is where a job's volume is mounted in its directory.
+const volumeDir = "volume"
+
+// Volumes mounts encrypted job volumes; see internal/volume.
+type Volumes interface {
+	// Mount creates an encrypted volume with password material key and
+	// mounts its plaintext view at base (which must not exist).
+	Mount(ctx context.Context, base string, key []byte) error
+	// Remove unmounts the volume at base, if mounted, and deletes it.
+	Remove(base string) error
+	// Mechanism describes the encryption, for the job's log.
+	Mechanism() string
+}
+
+// mountVolume gives the job its encrypted volume, keyed by a data key of
+// kmsKeyID (through convoy's KMS with the job role's credentials, so the
+// role needs kms:GenerateDataKey on it) or, without a key id, by 32 random
+// bytes that only this process holds. Either way the key is never written
+// down; the volume is deleted when the job ends.
+func (j *jobRun) mountVolume(ctx context.Context, kmsKeyID string, kc *kms.Client) (string, bool) {
+	if j.r.Volumes == nil {
+		return "InternalServerError: this convoy has no encrypted volumes configured; it runs no job with plaintext storage", false
+	}
+	key := make([]byte, 32)
+	if kmsKeyID == "" {
+		rand.Read(key)
+	} else {
+		out, err := kc.GenerateDataKey(ctx, &kms.GenerateDataKeyInput{
+			KeyId: aws.String(kmsKeyID), KeySpec: kmstypes.DataKeySpecAes256,
+			EncryptionContext: map[string]string{"aws:sagemaker:job-arn": j.job.ARN},
+		})
+		if err != nil {
+			return fmt.Sprintf("ClientError: VolumeKmsKeyId %s cannot be used with the job's role: %s", kmsKeyID, s3Error(err)), false
+		}
+		key = out.Plaintext
+	}
+	defer clear(key)
+	base := filepath.Join(j.dir, volumeDir)
+	if err := os.MkdirAll(j.dir, 0o700); err != nil {
+		return fmt.Sprintf("InternalServerError: job directory: %v", err), false
+	}
+	if err := j.r.Volumes.Remove(base); err != nil { // left by a crash
+		return fmt.Sprintf("InternalServerError: remove an old volume: %v", err), false
+	}
+	if err := j.r.Volumes.Mount(ctx, base, key); err != nil {
+		return fmt.Sprintf("InternalServerError: create the encrypted storage volume: %v", err), false
+	}
+	j.work = base
+	keyName := "a key held only in memory"
+	if kmsKeyID != "" {
+		keyName = "a data key of " + kmsKeyID
+	}
+	j.log.Info("storage volume encrypted", "mechanism", j.r.Volumes.Mechanism(), "key", keyName)
+	return "", true
+}
+
+// removeWork deletes the job's volume and staged data; its logs stay.
+func (j *jobRun) removeWork() {
+	if j.r.Volumes != nil {
+		if err := j.r.Volumes.Remove(filepath.Join(j.dir, volumeDir)); err != nil {
+			j.log.Error("remove the job's volume", "err", err)
+		}
+	}
+	for _, d := range jobDirsToRemove {
+		os.RemoveAll(filepath.Join(j.dir, d))
+	}
+}
 
 // Tidy removes what jobs of an earlier convoy process left in Dir (staged
 // input, outputs) when it stopped without finishing them; logs stay. Call it
@@ -115,6 +191,9 @@ func (r *LocalRunner) Tidy() error {
 	}
 	var errs []error
 	for _, e := range entries {
+		if r.Volumes != nil {
+			errs = append(errs, r.Volumes.Remove(filepath.Join(r.Dir, e.Name(), volumeDir)))
+		}
 		for _, d := range jobDirsToRemove {
 			errs = append(errs, os.RemoveAll(filepath.Join(r.Dir, e.Name(), d)))
 		}
@@ -127,7 +206,8 @@ type jobRun struct {
 	r      *LocalRunner
 	job    *Job
 	id     string
-	dir    string
+	dir    string // DATA/jobs/<id>: logs, and the volume
+	work   string // the job's encrypted volume: input, hosts, upload
 	hosts  []string
 	s3     *s3.Client
 	env    []string // credentials and endpoint, for the containers
@@ -155,9 +235,7 @@ func (r *LocalRunner) Run(ctx context.Context, job *Job, report Reporter) (out O
 			out = failed("InternalServerError: convoy failed while running the job; see its log")
 		}
 		// The logs stay for the user; staged data and outputs go.
-		for _, d := range jobDirsToRemove {
-			os.RemoveAll(filepath.Join(j.dir, d))
-		}
+		j.removeWork()
 	}()
 
 	report("Starting", "Preparing the instances for training")
@@ -198,6 +276,13 @@ func (r *LocalRunner) Run(ctx context.Context, job *Job, report Reporter) (out O
 		j.env = append(j.env, "AWS_CA_BUNDLE=/opt/ml/input/config/"+caFile)
 	}
 
+	kc := kms.New(kms.Options{
+		Region: r.Region, BaseEndpoint: aws.String(r.Endpoint), HTTPClient: r.HTTP,
+		Credentials: credentials.NewStaticCredentialsProvider(akid, secret, token),
+	})
+	if reason, ok := j.mountVolume(ctx, req.ResourceConfig.VolumeKmsKeyId, kc); !ok {
+		return failed("%s", reason)
+	}
 	if err := j.prepareDirs(uid, gid); err != nil {
 		return failed("InternalServerError: prepare job directories: %v", err)
 	}
@@ -279,19 +364,19 @@ func (j *jobRun) stoppedBeforeTraining(ctx context.Context) Outcome {
 	return failed("convoy stopped while this job was starting. Start the job again under a new name.")
 }
 
-func (j *jobRun) hostDir(host string) string { return filepath.Join(j.dir, "hosts", host) }
+func (j *jobRun) hostDir(host string) string { return filepath.Join(j.work, "hosts", host) }
 
 // prepareDirs makes the shared input and, per host, config, model and
 // output directories; what the containers write belongs to the image user.
 func (j *jobRun) prepareDirs(uid, gid uint32) error {
 	req := &j.job.Request
-	for _, d := range []string{filepath.Join(j.dir, "input", "data"), filepath.Join(j.dir, "logs")} {
+	for _, d := range []string{filepath.Join(j.work, "input", "data"), filepath.Join(j.dir, "logs")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return err
 		}
 	}
 	for _, c := range req.InputDataConfig {
-		if err := os.MkdirAll(filepath.Join(j.dir, "input", "data", c.ChannelName), 0o700); err != nil {
+		if err := os.MkdirAll(filepath.Join(j.work, "input", "data", c.ChannelName), 0o700); err != nil {
 			return err
 		}
 	}
@@ -345,7 +430,7 @@ func (j *jobRun) prepareDirs(uid, gid uint32) error {
 	}
 	if uid != 0 || gid != 0 {
 		// The image user reads what root staged: everything under input.
-		return filepath.WalkDir(filepath.Join(j.dir, "input"), func(p string, _ fs.DirEntry, err error) error {
+		return filepath.WalkDir(filepath.Join(j.work, "input"), func(p string, _ fs.DirEntry, err error) error {
 			if err != nil {
 				return err
 			}
@@ -360,7 +445,7 @@ func (j *jobRun) mounts(host string) []executor.Mount {
 	hd := j.hostDir(host)
 	return []executor.Mount{
 		{Source: filepath.Join(hd, "config"), Destination: "/opt/ml/input/config", ReadOnly: true},
-		{Source: filepath.Join(j.dir, "input", "data"), Destination: "/opt/ml/input/data", ReadOnly: true},
+		{Source: filepath.Join(j.work, "input", "data"), Destination: "/opt/ml/input/data", ReadOnly: true},
 		{Source: filepath.Join(hd, "model"), Destination: "/opt/ml/model"},
 		{Source: filepath.Join(hd, "output"), Destination: "/opt/ml/output"},
 	}
@@ -517,7 +602,7 @@ func (j *jobRun) stage(ctx context.Context) (Outcome, bool) {
 		bucket, prefix := parseS3URI(uri)
 		// Keys keep their path below the prefix's last "/".
 		base := prefix[:strings.LastIndex(prefix, "/")+1]
-		root, err := os.OpenRoot(filepath.Join(j.dir, "input", "data", c.ChannelName))
+		root, err := os.OpenRoot(filepath.Join(j.work, "input", "data", c.ChannelName))
 		if err != nil {
 			return failed("InternalServerError: %v", err), false
 		}
@@ -668,7 +753,7 @@ func (j *jobRun) outputLocation() (bucket, prefix string) {
 // /opt/ml/output/data as output.tar.gz when it holds anything.
 func (j *jobRun) upload(ctx context.Context) (string, error) {
 	bucket, prefix := j.outputLocation()
-	tmp := filepath.Join(j.dir, "upload")
+	tmp := filepath.Join(j.work, "upload")
 	if err := os.MkdirAll(tmp, 0o700); err != nil {
 		return "", err
 	}

@@ -7,14 +7,17 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -110,7 +113,9 @@ func TestTrainingJobsEndToEnd(t *testing.T) {
 		}
 	}
 	admin := c.S3(t)
-	data := map[string]string{"train/a.csv": "1,2,3\n", "train/sub/b.csv": "4,5,6\n", "other/c.csv": "not staged\n"}
+	const canary = "CANARY-volume-9b2e71"
+	data := map[string]string{"train/a.csv": "1,2,3\n", "train/sub/b.csv": "4,5,6\n", "other/c.csv": "not staged\n",
+		"canary/records.csv": strings.Repeat(canary+"\n", 1000)}
 	for k, v := range data {
 		if _, err := admin.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String("input"), Key: aws.String(k), Body: strings.NewReader(v)}); err != nil {
 			t.Fatal(err)
@@ -167,11 +172,20 @@ func TestTrainingJobsEndToEnd(t *testing.T) {
 
 	started := time.Now()
 	hp := map[string]string{"mode": "train", "probe_allowed": "s3://input/train/a.csv", "probe_denied": "s3://secret/s", "lr": "0.1"}
-	create(trainingJob("train-ok", role, key, 1, 300, hp))
+	ok := trainingJob("train-ok", role, key, 1, 300, hp)
+	ok["ResourceConfig"].(map[string]any)["VolumeKmsKeyId"] = key
+	create(ok)
 	create(trainingJob("train-fail", role, key, 1, 300, map[string]string{"mode": "fail"}))
 	create(trainingJob("train-pair", role, key, 2, 300, map[string]string{"mode": "pair"}))
 	create(trainingJob("train-timeout", role, key, 1, 3, map[string]string{"mode": "sleep"}))
-	create(trainingJob("train-stop", role, key, 1, 300, map[string]string{"mode": "sleep"}))
+	stop := trainingJob("train-stop", role, key, 1, 300, map[string]string{"mode": "sleep"})
+	stop["InputDataConfig"].([]any)[0].(map[string]any)["DataSource"] = map[string]any{
+		"S3DataSource": map[string]any{"S3DataType": "S3Prefix", "S3Uri": "s3://input/canary/"}}
+	create(stop)
+	otherKey := str(awsJSON(t, c, cli, []string{"kms", "create-key", "--description", "not the role's"}), "KeyMetadata", "Arn")
+	badVolume := trainingJob("train-volume-key", role, key, 1, 300, map[string]string{"mode": "train"})
+	badVolume["ResourceConfig"].(map[string]any)["VolumeKmsKeyId"] = otherKey
+	create(badVolume)
 	isolated := trainingJob("train-isolated", role, key, 1, 300, map[string]string{"mode": "reach", "probe_allowed": "s3://input/train/a.csv"})
 	isolated["EnableNetworkIsolation"] = true
 	create(isolated)
@@ -258,6 +272,15 @@ func TestTrainingJobsEndToEnd(t *testing.T) {
 
 	t.Run("stop", func(t *testing.T) {
 		waitFor("train-stop", func(d map[string]any) bool { return str(d, "SecondaryStatus") == "Training" })
+		// While the job runs, its staged input is readable through the
+		// volume's mount and nowhere in plaintext on disk.
+		vol := filepath.Join(c.DataDir, "jobs", "train-stop", "volume")
+		if b, err := os.ReadFile(filepath.Join(vol, "input", "data", "train", "records.csv")); err != nil || !strings.Contains(string(b), canary) {
+			t.Fatalf("staged input through the volume: %v", err)
+		}
+		if hits := grepData(t, c.DataDir, canary, vol); len(hits) > 0 {
+			t.Fatalf("training input in plaintext at rest: %v", hits)
+		}
 		awsJSON(t, c, cli, []string{"sagemaker", "stop-training-job", "--training-job-name", "train-stop"})
 		d := waitFor("train-stop", ended)
 		if str(d, "TrainingJobStatus") != "Stopped" || str(d, "SecondaryStatus") != "Stopped" {
@@ -287,6 +310,13 @@ func TestTrainingJobsEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("volume key the role cannot use", func(t *testing.T) {
+		d := waitFor("train-volume-key", ended)
+		if str(d, "TrainingJobStatus") != "Failed" || !strings.Contains(str(d, "FailureReason"), "VolumeKmsKeyId "+otherKey+" cannot be used") {
+			t.Fatalf("train-volume-key: %v", d)
+		}
+	})
+
 	t.Run("unknown image", func(t *testing.T) {
 		job := trainingJob("no-image", role, key, 1, 300, map[string]string{"mode": "train"})
 		job["AlgorithmSpecification"].(map[string]any)["TrainingImage"] = "nope:1"
@@ -297,7 +327,33 @@ func TestTrainingJobsEndToEnd(t *testing.T) {
 		}
 		awsFails(t, c, cli, "ResourceNotFound", []string{"sagemaker", "describe-training-job", "--training-job-name", "no-image"})
 	})
-	t.Logf("7 jobs ran in %s", time.Since(started).Round(time.Millisecond))
+	t.Logf("8 jobs ran in %s", time.Since(started).Round(time.Millisecond))
+
+	t.Run("convoy jobs", func(t *testing.T) {
+		out, err := exec.Command(harness.Binary(t), "jobs", "--data", c.DataDir).CombinedOutput()
+		if err != nil {
+			t.Fatalf("convoy jobs: %v\n%s", err, out)
+		}
+		lines := map[string]string{}
+		for _, l := range strings.Split(string(out), "\n") {
+			if f := strings.Fields(l); len(f) > 0 {
+				lines[f[0]] = l
+			}
+		}
+		for name, want := range map[string][]string{
+			"NAME":           {"STATUS", "FAILURE"},
+			"train-ok":       {"training", "Completed"},
+			"train-fail":     {"training", "Failed", "bad data"},
+			"train-timeout":  {"Stopped", "MaxRuntimeExceeded"},
+			"train-isolated": {"Completed"},
+		} {
+			for _, w := range want {
+				if !strings.Contains(lines[name], w) {
+					t.Errorf("convoy jobs: line of %s lacks %q:\n%s", name, w, out)
+				}
+			}
+		}
+	})
 
 	// convoy stopping with a job running stops its containers and records
 	// the job Failed with the reason; the restarted convoy says so too.
@@ -323,6 +379,42 @@ func TestTrainingJobsEndToEnd(t *testing.T) {
 	if !slices.Equal(names, []string{"logs"}) {
 		t.Errorf("job directory holds %v, want only logs", names)
 	}
+}
+
+// grepData lists the files under dir, except under skip (a mount of the
+// plaintext view), that contain s.
+func grepData(t *testing.T, dir, s, skip string) []string {
+	t.Helper()
+	var hits []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil // a file that came and went
+			}
+			return err
+		}
+		if p == skip {
+			return filepath.SkipDir
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.EINVAL) {
+				return nil // gone, or a network namespace (nsfs) file
+			}
+			return err
+		}
+		if bytes.Contains(b, []byte(s)) {
+			hits = append(hits, p)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return hits
 }
 
 // transitions lists a description's SecondaryStatusTransitions.
