@@ -36,10 +36,20 @@ TLS profiles (--tls-profile):
   modern  TLS 1.3 only, X25519MLKEM768 post-quantum key exchange first (default)
   compat  TLS 1.2 and 1.3, ECDHE with AES-GCM or ChaCha20 only, for older clients
   fips    TLS 1.2 and 1.3, P-256/P-384, AES-GCM only (what --fips uses)
-No profile offers TLS 1.0/1.1, CBC or RSA key exchange.`,
+No profile offers TLS 1.0/1.1, CBC or RSA key exchange.
+
+FIPS 140-3: convoy uses Go's validated module when it is on (GODEBUG=fips140=on,
+or fips140=only to make any non-approved use an error). --fips then serves
+every endpoint with the fips profile and writes CONVOY_FIPS_ENDPOINT;
+--fips-listen instead keeps the main endpoint and adds a separate FIPS one.
+With the module on, Go holds every TLS connection of the process to approved
+algorithms. The only non-approved algorithms convoy uses are MD5 for S3 ETags
+and Content-MD5, and SHA-1 for a client's x-amz-checksum-sha1: integrity
+identifiers that S3 fixes, isolated in internal/fipsexempt.`,
 		Example: `  convoy up
   convoy up --data /srv/convoy --listen 0.0.0.0:4443 --tls-profile compat
-  GODEBUG=fips140=on convoy up --fips`,
+  GODEBUG=fips140=on convoy up --fips
+  GODEBUG=fips140=on convoy up --fips-listen 127.0.0.1:4444`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			p, err := tlsconf.ParseProfile(profile)
@@ -69,6 +79,7 @@ No profile offers TLS 1.0/1.1, CBC or RSA key exchange.`,
 	f.StringVar(&o.Listen, "listen", "127.0.0.1:4443", "HOST:PORT of the HTTPS API endpoint (:0 picks a free port)")
 	f.StringVar(&profile, "tls-profile", "modern", "TLS profile: modern, compat or fips")
 	f.BoolVar(&o.FIPS, "fips", false, "FIPS 140-3 mode: needs GODEBUG=fips140=on, uses the fips profile everywhere")
+	f.StringVar(&o.FIPSListen, "fips-listen", "", "HOST:PORT of an additional FIPS endpoint (fips profile), as AWS offers separate FIPS endpoints; needs GODEBUG=fips140=on and is written to convoy.env as CONVOY_FIPS_ENDPOINT")
 	f.StringVar(&o.Region, "region", "us-east-1", "AWS region name convoy answers as")
 	f.DurationVar(&o.CertLifetime, "cert-lifetime", 24*time.Hour, "lifetime of the serving certificates convoy issues; renewed after 2/3 of it")
 	f.StringSliceVar(&o.ExtraNames, "san", nil, "extra DNS names or IPs for the serving certificate (repeatable)")

@@ -44,7 +44,10 @@ type Options struct {
 	Listen  string
 	Profile tlsconf.Profile
 	FIPS    bool
-	Region  string
+	// FIPSListen, if set, adds a second HTTPS endpoint with the fips
+	// profile (AWS's separate FIPS endpoints). It needs the FIPS module.
+	FIPSListen string
+	Region     string
 	// CertLifetime is the lifetime of serving certificates convoy issues.
 	CertLifetime time.Duration
 	// ExtraNames are added to the serving certificate's SANs.
@@ -90,6 +93,9 @@ func Run(ctx context.Context, o Options) error {
 		}
 		o.Profile = tlsconf.FIPS
 	}
+	if o.FIPSListen != "" && !tlsconf.FIPSModuleEnabled() {
+		return errors.New("--fips-listen needs Go's FIPS 140-3 module, or the endpoint would not be a FIPS endpoint: start convoy with GODEBUG=fips140=on (or fips140=only)")
+	}
 	// Everything convoy writes (database, WAL, objects) is for its eyes only;
 	// files meant for clients (ca.pem) are chmod-ed explicitly.
 	syscall.Umask(0o077)
@@ -134,9 +140,18 @@ func Run(ctx context.Context, o Options) error {
 	}
 	defer ln.Close()
 	addr := ln.Addr().(*net.TCPAddr)
+	names := serverNames(addr, o.ExtraNames)
+	var fipsLn net.Listener
+	if o.FIPSListen != "" {
+		if fipsLn, err = net.Listen("tcp", o.FIPSListen); err != nil {
+			return fmt.Errorf("listen on %s: %w (choose another with --fips-listen)", o.FIPSListen, err)
+		}
+		defer fipsLn.Close()
+		names = serverNames(fipsLn.Addr().(*net.TCPAddr), names)
+	}
 
 	pkiDir := mkdir(o.DataDir, "pki")
-	certs, caBundle, err := certSource(o, pkiDir, serverNames(addr, o.ExtraNames))
+	certs, caBundle, err := certSource(o, pkiDir, names)
 	if err != nil {
 		return err
 	}
@@ -184,8 +199,14 @@ func Run(ctx context.Context, o Options) error {
 	runCtx, stopBackground := context.WithCancel(context.Background())
 	defer stopBackground()
 	go certs.Run(runCtx)
-	serveErr := make(chan error, 1)
+	serveErr := make(chan error, 2)
 	go func() { serveErr <- srv.Serve(ln) }()
+	fipsEndpoint := ""
+	if fipsLn != nil {
+		fipsEndpoint = "https://" + endpointHost(fipsLn.Addr().(*net.TCPAddr))
+		fipsTLS := tlsconf.Server(tlsconf.FIPS, certs.GetCertificate, tlsconf.ServerOptions{})
+		go func() { serveErr <- srv.ServeWith(fipsLn, fipsTLS) }()
+	}
 
 	endpoint := "https://" + endpointHost(addr)
 	env := []envVar{
@@ -199,12 +220,15 @@ func Run(ctx context.Context, o Options) error {
 		{"CONVOY_PID", strconv.Itoa(os.Getpid())},
 	}
 	if o.FIPS {
-		env = append(env, envVar{"CONVOY_FIPS_ENDPOINT", endpoint})
+		fipsEndpoint = endpoint
+	}
+	if fipsEndpoint != "" {
+		env = append(env, envVar{"CONVOY_FIPS_ENDPOINT", fipsEndpoint})
 	}
 	if err := fsutil.WriteFileAtomic(envPath, renderEnv(env), 0o600); err != nil {
 		return fmt.Errorf("write %s: %w", envPath, err)
 	}
-	log.Info("convoy is up", "endpoint", endpoint, "profile", o.Profile, "fips", o.FIPS,
+	log.Info("convoy is up", "endpoint", endpoint, "profile", o.Profile, "fips", o.FIPS, "fips_endpoint", fipsEndpoint,
 		"account", ids.AccountID(), "data", o.DataDir)
 	printSummary(o.Stdout, endpoint, caBundle, envPath, o.Profile)
 

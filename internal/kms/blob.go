@@ -72,11 +72,12 @@ func sealBlob(aead cipher.AEAD, h blobHeader, plaintext []byte, encCtx map[strin
 	if err != nil {
 		return nil, err
 	}
-	out := make([]byte, headerLen+nonceLen, headerLen+nonceLen+len(plaintext)+tagLen)
+	// aead draws the nonce itself (cipher.NewGCMWithRandomNonce, the GCM
+	// that Go's FIPS 140-3 module allows) and writes nonce || ciphertext ||
+	// tag after the header.
+	out := make([]byte, headerLen, headerLen+nonceLen+len(plaintext)+tagLen)
 	copy(out, header)
-	nonce := out[headerLen:]
-	rand.Read(nonce)
-	return aead.Seal(out, nonce, plaintext, associatedData(header, encCtx)), nil
+	return aead.Seal(out, nil, plaintext, associatedData(header, encCtx)), nil
 }
 
 // openBlob decrypts a blob that parseBlob accepted, with the material of
@@ -86,7 +87,7 @@ func openBlob(aead cipher.AEAD, b []byte, encCtx map[string]string) ([]byte, err
 		return nil, errBadBlob
 	}
 	header := b[:headerLen]
-	plain, err := aead.Open(nil, b[headerLen:headerLen+nonceLen], b[headerLen+nonceLen:], associatedData(header, encCtx))
+	plain, err := aead.Open(nil, nil, b[headerLen:], associatedData(header, encCtx))
 	if err != nil {
 		return nil, errBadBlob
 	}

@@ -17,7 +17,7 @@ func testAEAD(t testing.TB) cipher.AEAD {
 	if err != nil {
 		t.Fatal(err)
 	}
-	aead, err := cipher.NewGCM(block)
+	aead, err := cipher.NewGCMWithRandomNonce(block)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -239,7 +239,7 @@ func (s *Service) cipherFor(ctx context.Context, keyID string, version uint32) (
 	if err != nil {
 		return nil, err
 	}
-	if aead, err = cipher.NewGCM(block); err != nil {
+	if aead, err = cipher.NewGCMWithRandomNonce(block); err != nil { // FIPS-approved; see sealBlob
 		return nil, err
 	}
 	s.mu.Lock()

@@ -2,9 +2,8 @@ package objectstore
 
 import (
 	"bufio"
-	"crypto/md5" // S3's ETag is an MD5; it is an identifier here, never a security check
+	"crypto/md5" // md5.Size only: hashing goes through fipsexempt
 	"crypto/rand"
-	"crypto/sha1"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
@@ -20,6 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"convoy/internal/fipsexempt"
 	"convoy/internal/objectstore/sealed"
 )
 
@@ -28,7 +28,7 @@ var checksumAlgos = map[string]func() hash.Hash{
 	"crc32":     func() hash.Hash { return crc32.NewIEEE() },
 	"crc32c":    func() hash.Hash { return crc32.New(crc32.MakeTable(crc32.Castagnoli)) },
 	"crc64nvme": func() hash.Hash { return crc64.New(crc64.MakeTable(0x9a6c9329ac4bc9b5)) },
-	"sha1":      sha1.New,
+	"sha1":      fipsexempt.SHA1,
 	"sha256":    sha256.New,
 }
 
@@ -90,7 +90,7 @@ func (s *Store) writeBody(r *http.Request, body io.Reader, dataKey []byte, limit
 	writers := []io.Writer{enc}
 	var sum hash.Hash
 	if withMD5 {
-		sum = md5.New()
+		sum = fipsexempt.MD5()
 		writers = append(writers, sum)
 	}
 	var check hash.Hash
@@ -266,7 +266,7 @@ func (m objectMeta) apply(h http.Header) {
 // multipartETag is S3's ETag of a multipart object: the MD5 of the parts'
 // MD5s, then "-" and the number of parts.
 func multipartETag(partMD5s [][]byte) string {
-	h := md5.New()
+	h := fipsexempt.MD5()
 	for _, m := range partMD5s {
 		h.Write(m)
 	}

@@ -51,7 +51,10 @@ func New(key []byte) (*Box, error) {
 	if err != nil {
 		return nil, err
 	}
-	aead, err := cipher.NewGCM(block)
+	// Random nonces drawn inside the AEAD: the one GCM construction Go's
+	// FIPS 140-3 module allows under GODEBUG=fips140=only. The layout,
+	// nonce || ciphertext || tag, is the same as before it was used.
+	aead, err := cipher.NewGCMWithRandomNonce(block)
 	if err != nil {
 		return nil, err
 	}
@@ -60,18 +63,15 @@ func New(key []byte) (*Box, error) {
 
 // Seal encrypts plaintext bound to context.
 func (b *Box) Seal(plaintext, context []byte) []byte {
-	nonce := make([]byte, b.aead.NonceSize(), b.aead.NonceSize()+len(plaintext)+b.aead.Overhead())
-	rand.Read(nonce)
-	return b.aead.Seal(nonce, nonce, plaintext, context)
+	return b.aead.Seal(make([]byte, 0, len(plaintext)+b.aead.Overhead()), nil, plaintext, context)
 }
 
 // Open decrypts a value sealed with the same context.
 func (b *Box) Open(sealed, context []byte) ([]byte, error) {
-	n := b.aead.NonceSize()
-	if len(sealed) < n+b.aead.Overhead() {
+	if len(sealed) < b.aead.Overhead() {
 		return nil, errors.New("sealed value too short")
 	}
-	out, err := b.aead.Open(nil, sealed[:n], sealed[n:], context)
+	out, err := b.aead.Open(nil, nil, sealed, context)
 	if err != nil {
 		return nil, errors.New("sealed value does not open: wrong master key or tampered data")
 	}

@@ -115,6 +115,17 @@ func (s *Server) Serve(l net.Listener) error {
 	return err
 }
 
+// ServeWith is Serve with another TLS configuration on l: a second
+// endpoint with another profile (the FIPS endpoint), serving the same API.
+// Shutdown stops it too.
+func (s *Server) ServeWith(l net.Listener, cfg *tls.Config) error {
+	err := s.http.Serve(&tlsListener{Listener: l, cfg: cfg})
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
 // Shutdown stops accepting and waits for in-flight requests to finish.
 func (s *Server) Shutdown(ctx context.Context) error { return s.http.Shutdown(ctx) }
 

@@ -1,13 +1,14 @@
 package sigv4
 
 import (
-	"crypto/sha1"
 	"crypto/sha256"
 	"encoding/base64"
 	"hash"
 	"hash/crc32"
 	"hash/crc64"
 	"strings"
+
+	"convoy/internal/fipsexempt"
 )
 
 // checksumAlgo is one of the flexible checksums S3 accepts in an
@@ -28,7 +29,7 @@ var checksumAlgos = []checksumAlgo{
 	{"CRC32", "x-amz-checksum-crc32", 4, func() hash.Hash { return crc32.NewIEEE() }},
 	{"CRC32C", "x-amz-checksum-crc32c", 4, func() hash.Hash { return crc32.New(crc32cTable) }},
 	{"CRC64NVME", "x-amz-checksum-crc64nvme", 8, func() hash.Hash { return crc64.New(crc64NVMETable) }},
-	{"SHA1", "x-amz-checksum-sha1", 20, sha1.New},
+	{"SHA1", "x-amz-checksum-sha1", 20, fipsexempt.SHA1},
 	{"SHA256", "x-amz-checksum-sha256", 32, sha256.New},
 }
 

@@ -16,6 +16,39 @@ import (
 	"convoy/test/e2e/harness"
 )
 
+// testsslFindings runs testssl.sh (protocols, suites, forward secrecy,
+// vulnerabilities) against addr, fails the test on any finding of severity
+// MEDIUM or above, and returns the findings by id.
+func testsslFindings(t *testing.T, testssl string, c *harness.Convoy, addr string) map[string]string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "testssl.json")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, testssl, "-p", "-s", "-f", "-U", "--add-ca", c.CABundle,
+		"--jsonfile", out, "--quiet", "--color", "0", "--warnings", "off", addr)
+	log, err := cmd.CombinedOutput()
+	data, rerr := os.ReadFile(out)
+	if rerr != nil {
+		t.Fatalf("testssl wrote no JSON (%v, %v):\n%s", err, rerr, log)
+	}
+	var findings []struct{ ID, Severity, Finding string }
+	if err := json.Unmarshal(data, &findings); err != nil {
+		t.Fatalf("parse testssl JSON: %v", err)
+	}
+	byID := map[string]string{}
+	for _, f := range findings {
+		byID[f.ID] = f.Finding
+		switch f.Severity {
+		case "MEDIUM", "HIGH", "CRITICAL":
+			t.Errorf("testssl %s finding %s: %s", f.Severity, f.ID, f.Finding)
+		}
+	}
+	if len(findings) < 20 {
+		t.Fatalf("testssl reported only %d items; did it reach convoy?\n%s", len(findings), log)
+	}
+	return byID
+}
+
 // testssl.sh, the tool auditors run, must find nothing of severity MEDIUM or
 // above on any profile; sslscan must see no TLS < 1.2, no CBC and no suite
 // without forward secrecy.
@@ -26,31 +59,9 @@ func TestTestsslFindsNothingOnAnyProfile(t *testing.T) {
 		t.Run(string(p), func(t *testing.T) {
 			t.Parallel()
 			c := harness.Start(t, harness.Options{Args: []string{"--tls-profile", string(p)}})
-			out := filepath.Join(t.TempDir(), "testssl.json")
+			byID := testsslFindings(t, testssl, c, c.Addr)
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 			defer cancel()
-			cmd := exec.CommandContext(ctx, testssl, "-p", "-s", "-f", "-U", "--add-ca", c.CABundle,
-				"--jsonfile", out, "--quiet", "--color", "0", "--warnings", "off", c.Addr)
-			log, err := cmd.CombinedOutput()
-			data, rerr := os.ReadFile(out)
-			if rerr != nil {
-				t.Fatalf("testssl wrote no JSON (%v, %v):\n%s", err, rerr, log)
-			}
-			var findings []struct{ ID, Severity, Finding string }
-			if err := json.Unmarshal(data, &findings); err != nil {
-				t.Fatalf("parse testssl JSON: %v", err)
-			}
-			byID := map[string]string{}
-			for _, f := range findings {
-				byID[f.ID] = f.Finding
-				switch f.Severity {
-				case "MEDIUM", "HIGH", "CRITICAL":
-					t.Errorf("testssl %s finding %s: %s", f.Severity, f.ID, f.Finding)
-				}
-			}
-			if len(findings) < 20 {
-				t.Fatalf("testssl reported only %d items; did it reach convoy?\n%s", len(findings), log)
-			}
 			for _, id := range []string{"TLS1", "TLS1_1", "SSLv2", "SSLv3"} {
 				if !strings.HasPrefix(byID[id], "not offered") {
 					t.Errorf("testssl %s: %q, want not offered", id, byID[id])
