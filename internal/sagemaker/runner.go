@@ -99,9 +99,6 @@ func (r *LocalRunner) Validate(_ context.Context, req *CreateTrainingJobRequest)
 		return validation("TrainingImage %q cannot be used: %v", req.AlgorithmSpecification.TrainingImage, err)
 	}
 	for _, c := range req.InputDataConfig {
-		if c.DataSource.S3DataSource.S3DataType != "S3Prefix" {
-			return validation("channel %q: S3DataType %s is not supported by this convoy yet; use S3Prefix", c.ChannelName, c.DataSource.S3DataSource.S3DataType)
-		}
 		if c.CompressionType != "" && c.CompressionType != "None" {
 			return validation("channel %q: CompressionType %s is not supported by this convoy yet", c.ChannelName, c.CompressionType)
 		}
@@ -598,24 +595,87 @@ func s3Error(err error) string {
 func (j *jobRun) stage(ctx context.Context) (Outcome, bool) {
 	role := j.job.Role.ARN
 	for _, c := range j.job.Request.InputDataConfig {
-		uri := c.DataSource.S3DataSource.S3Uri
-		bucket, prefix := parseS3URI(uri)
-		// Keys keep their path below the prefix's last "/".
-		base := prefix[:strings.LastIndex(prefix, "/")+1]
+		objs, o, ok := j.channelObjects(ctx, c)
+		if !ok {
+			return o, false
+		}
 		root, err := os.OpenRoot(filepath.Join(j.work, "input", "data", c.ChannelName))
 		if err != nil {
 			return failed("InternalServerError: %v", err), false
 		}
-		n := 0
-		p := s3.NewListObjectsV2Paginator(j.s3, &s3.ListObjectsV2Input{Bucket: &bucket, Prefix: &prefix})
-		for p.HasMorePages() {
-			page, err := p.NextPage(ctx)
-			if err != nil {
+		for _, obj := range objs {
+			if err := j.download(ctx, root, obj.bucket, obj.key, obj.rel); err != nil {
 				root.Close()
 				if ctx.Err() != nil {
 					return j.stoppedBeforeTraining(ctx), false
 				}
-				return failed("ClientError: Data download failed: list %s for channel %s with role %s: %s", uri, c.ChannelName, role, s3Error(err)), false
+				return failed("ClientError: Data download failed: s3://%s/%s for channel %s with role %s: %s", obj.bucket, obj.key, c.ChannelName, role, s3Error(err)), false
+			}
+		}
+		root.Close()
+		j.log.Info("channel staged", "channel", c.ChannelName, "objects", len(objs))
+	}
+	return Outcome{}, true
+}
+
+// stagedObject is one object of a channel and its path under the channel.
+type stagedObject struct{ bucket, key, rel string }
+
+// maxManifest bounds a ManifestFile's size.
+const maxManifest = 64 << 20
+
+// channelObjects lists what a channel stages: every object under the
+// S3Prefix, keeping its path below the prefix's last "/"; or, for a
+// ManifestFile, the manifest's prefix joined with each relative key, staged
+// at that relative path (SageMaker's manifest format:
+// [{"prefix": "s3://bucket/p/"}, "rel/a", "rel/b", …]).
+func (j *jobRun) channelObjects(ctx context.Context, c Channel) ([]stagedObject, Outcome, bool) {
+	role := j.job.Role.ARN
+	src := c.DataSource.S3DataSource
+	uri := src.S3Uri
+	bucket, prefix := parseS3URI(uri)
+	fail := func(format string, args ...any) ([]stagedObject, Outcome, bool) {
+		if ctx.Err() != nil {
+			return nil, j.stoppedBeforeTraining(ctx), false
+		}
+		return nil, failed(format, args...), false
+	}
+	local := func(rel, key string) bool { return rel != "" && filepath.IsLocal(rel) && !strings.HasSuffix(key, "/") }
+	var objs []stagedObject
+	if src.S3DataType == "ManifestFile" {
+		out, err := j.s3.GetObject(ctx, &s3.GetObjectInput{Bucket: &bucket, Key: &prefix})
+		if err != nil {
+			return fail("ClientError: Data download failed: manifest %s for channel %s with role %s: %s", uri, c.ChannelName, role, s3Error(err))
+		}
+		data, err := io.ReadAll(io.LimitReader(out.Body, maxManifest+1))
+		out.Body.Close()
+		if err != nil {
+			return fail("ClientError: Data download failed: manifest %s: %v", uri, err)
+		}
+		var entries []json.RawMessage
+		var head struct {
+			Prefix string `json:"prefix"`
+		}
+		if len(data) > maxManifest || json.Unmarshal(data, &entries) != nil || len(entries) == 0 ||
+			json.Unmarshal(entries[0], &head) != nil || !s3URIRE.MatchString(head.Prefix) {
+			return fail(`ClientError: manifest %s for channel %s is not a SageMaker manifest: want a JSON array of at most 64 MiB starting with {"prefix": "s3://bucket/prefix/"} followed by relative keys`, uri, c.ChannelName)
+		}
+		mb, mp := parseS3URI(head.Prefix)
+		for _, e := range entries[1:] {
+			var rel string
+			if json.Unmarshal(e, &rel) != nil || !local(rel, rel) {
+				return fail("ClientError: manifest %s for channel %s: entry %s is not a relative key that can be a file name under /opt/ml/input/data/%s", uri, c.ChannelName, e, c.ChannelName)
+			}
+			objs = append(objs, stagedObject{bucket: mb, key: mp + rel, rel: rel})
+		}
+	} else {
+		// Keys keep their path below the prefix's last "/".
+		base := prefix[:strings.LastIndex(prefix, "/")+1]
+		p := s3.NewListObjectsV2Paginator(j.s3, &s3.ListObjectsV2Input{Bucket: &bucket, Prefix: &prefix})
+		for p.HasMorePages() {
+			page, err := p.NextPage(ctx)
+			if err != nil {
+				return fail("ClientError: Data download failed: list %s for channel %s with role %s: %s", uri, c.ChannelName, role, s3Error(err))
 			}
 			for _, obj := range page.Contents {
 				key := aws.ToString(obj.Key)
@@ -623,28 +683,18 @@ func (j *jobRun) stage(ctx context.Context) (Outcome, bool) {
 					continue // a "folder" marker
 				}
 				rel := strings.TrimPrefix(key, base)
-				if !filepath.IsLocal(rel) {
-					root.Close()
-					return failed("ClientError: Data download failed: object key %q cannot be a file name under /opt/ml/input/data/%s", key, c.ChannelName), false
+				if !local(rel, key) {
+					return fail("ClientError: Data download failed: object key %q cannot be a file name under /opt/ml/input/data/%s", key, c.ChannelName)
 				}
-				if err := j.download(ctx, root, bucket, key, rel); err != nil {
-					root.Close()
-					if ctx.Err() != nil {
-						return j.stoppedBeforeTraining(ctx), false
-					}
-					return failed("ClientError: Data download failed: s3://%s/%s for channel %s with role %s: %s", bucket, key, c.ChannelName, role, s3Error(err)), false
-				}
-				n++
+				objs = append(objs, stagedObject{bucket: bucket, key: key, rel: rel})
 			}
 		}
-		root.Close()
-		if n == 0 {
-			return failed(`ClientError: No S3 objects found under S3 URL "%s" given in input data source. Please ensure that the bucket exists in the selected region (%s), that objects exist under that S3 prefix, and that the role "%s" has "s3:ListBucket" permissions on bucket "%s".`,
-				uri, j.r.Region, role, bucket), false
-		}
-		j.log.Info("channel staged", "channel", c.ChannelName, "objects", n)
 	}
-	return Outcome{}, true
+	if len(objs) == 0 {
+		return fail(`ClientError: No S3 objects found under S3 URL "%s" given in input data source. Please ensure that the bucket exists in the selected region (%s), that objects exist under that S3 prefix, and that the role "%s" has "s3:ListBucket" permissions on bucket "%s".`,
+			uri, j.r.Region, role, bucket)
+	}
+	return objs, Outcome{}, true
 }
 
 func (j *jobRun) download(ctx context.Context, root *os.Root, bucket, key, rel string) error {

@@ -70,7 +70,8 @@ func TestTrainingJobsEndToEnd(t *testing.T) {
 	admin := c.S3(t)
 	const canary = "CANARY-volume-9b2e71"
 	data := map[string]string{"train/a.csv": "1,2,3\n", "train/sub/b.csv": "4,5,6\n", "other/c.csv": "not staged\n",
-		"canary/records.csv": strings.Repeat(canary+"\n", 1000)}
+		"canary/records.csv": strings.Repeat(canary+"\n", 1000),
+		"manifests/train.json": `[{"prefix": "s3://input/train/"}, "a.csv", "sub/b.csv"]`}
 	for k, v := range data {
 		if _, err := admin.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String("input"), Key: aws.String(k), Body: strings.NewReader(v)}); err != nil {
 			t.Fatal(err)
@@ -127,6 +128,10 @@ func TestTrainingJobsEndToEnd(t *testing.T) {
 
 	started := time.Now()
 	hp := map[string]string{"mode": "train", "probe_allowed": "s3://input/train/a.csv", "probe_denied": "s3://secret/s", "lr": "0.1"}
+	manifest := trainingJob("train-manifest", role, key, 1, 300, map[string]string{"mode": "train"})
+	manifest["InputDataConfig"].([]any)[0].(map[string]any)["DataSource"] = map[string]any{
+		"S3DataSource": map[string]any{"S3DataType": "ManifestFile", "S3Uri": "s3://input/manifests/train.json"}}
+	create(manifest)
 	ok := trainingJob("train-ok", role, key, 1, 300, hp)
 	ok["ResourceConfig"].(map[string]any)["VolumeKmsKeyId"] = key
 	create(ok)
@@ -191,6 +196,20 @@ func TestTrainingJobsEndToEnd(t *testing.T) {
 		out := model(t, "s3://output/models/train-ok/output/output.tar.gz")
 		if out["metrics.txt"] != "loss=0.1\n" {
 			t.Fatalf("output.tar.gz: %v", out)
+		}
+	})
+
+	t.Run("manifest file", func(t *testing.T) {
+		d := waitFor("train-manifest", ended)
+		if str(d, "TrainingJobStatus") != "Completed" {
+			t.Fatalf("train-manifest: %v", d)
+		}
+		h := sha256.New()
+		for _, f := range []string{"a.csv", "sub/b.csv"} {
+			fmt.Fprintf(h, "%s\n%d\n%s", f, len(data["train/"+f]), data["train/"+f])
+		}
+		if m := model(t, str(d, "ModelArtifacts", "S3ModelArtifacts"))["model.txt"]; !strings.Contains(m, "digest=2 files "+hex.EncodeToString(h.Sum(nil))+"\n") {
+			t.Fatalf("the manifest's objects were not staged as listed:\n%s", m)
 		}
 	})
 
@@ -282,7 +301,7 @@ func TestTrainingJobsEndToEnd(t *testing.T) {
 		}
 		awsFails(t, c, cli, "ResourceNotFound", []string{"sagemaker", "describe-training-job", "--training-job-name", "no-image"})
 	})
-	t.Logf("8 jobs ran in %s", time.Since(started).Round(time.Millisecond))
+	t.Logf("9 jobs ran in %s", time.Since(started).Round(time.Millisecond))
 
 	t.Run("convoy jobs", func(t *testing.T) {
 		out, err := exec.Command(harness.Binary(t), "jobs", "--data", c.DataDir).CombinedOutput()
