@@ -100,7 +100,7 @@ func (r *LocalRunner) RunProcessing(ctx context.Context, job *ProcessingJob, sta
 	if err != nil {
 		return procFailed("InternalServerError: unpack image %s: %v", img.Ref, err)
 	}
-	uid, gid, err := imageUser(img.Config.User)
+	uid, gid, err := imageUserIn(rootfs, img.Config.User)
 	if err != nil {
 		return procFailed("ClientError: image %s: %v", img.Ref, err)
 	}

@@ -2,6 +2,7 @@ package sagemaker
 
 import (
 	"archive/tar"
+	"bufio"
 	"compress/gzip"
 	"context"
 	"crypto/rand"
@@ -248,7 +249,7 @@ func (r *LocalRunner) Run(ctx context.Context, job *Job, report Reporter) (out O
 	if err != nil {
 		return failed("InternalServerError: unpack training image %s: %v", img.Ref, err)
 	}
-	uid, gid, err := imageUser(img.Config.User)
+	uid, gid, err := imageUserIn(rootfs, img.Config.User)
 	if err != nil {
 		return failed("ClientError: training image %s: %v", img.Ref, err)
 	}
@@ -552,26 +553,86 @@ func (e *envBuilder) list() []string {
 	return out
 }
 
-// imageUser reads a numeric image USER ("uid" or "uid:gid"); names would
-// need the image's /etc/passwd, which convoy does not read yet.
-func imageUser(u string) (uid, gid uint32, err error) {
+// imageUser reads a numeric image USER (uid or uid:gid; root and "" are 0).
+func imageUser(u string) (uid, gid uint32, err error) { return imageUserIn("", u) }
+
+// imageUserIn resolves an image USER as Docker does — name or uid,
+// optionally :group or :gid — looking names up in the image's /etc/passwd
+// and /etc/group under rootfs. The image's files are read through os.Root,
+// so a link in the image cannot make convoy read the host's files. A uid
+// without a group runs with gid = uid (a name: its primary group).
+func imageUserIn(rootfs, u string) (uid, gid uint32, err error) {
 	if u == "" || u == "root" || u == "0" {
 		return 0, 0, nil
 	}
 	us, gs, hasGroup := strings.Cut(u, ":")
-	n, err := strconv.ParseUint(us, 10, 32)
-	if err != nil {
-		return 0, 0, fmt.Errorf("image USER %q is not numeric (uid or uid:gid); convoy does not resolve user names yet", u)
-	}
-	uid, gid = uint32(n), uint32(n)
-	if hasGroup {
-		g, err := strconv.ParseUint(gs, 10, 32)
-		if err != nil {
-			return 0, 0, fmt.Errorf("image USER %q: group is not numeric", u)
+	if n, err := strconv.ParseUint(us, 10, 32); err == nil {
+		uid, gid = uint32(n), uint32(n)
+	} else {
+		entry, ok, err := lookupIn(rootfs, "passwd", us)
+		if err != nil || !ok {
+			return 0, 0, fmt.Errorf("image USER %q: no user %s in the image's /etc/passwd%s", u, us, errSuffix(err))
 		}
-		gid = uint32(g)
+		uid, gid = entry[0], entry[1]
+	}
+	if hasGroup {
+		if n, err := strconv.ParseUint(gs, 10, 32); err == nil {
+			gid = uint32(n)
+		} else {
+			entry, ok, err := lookupIn(rootfs, "group", gs)
+			if err != nil || !ok {
+				return 0, 0, fmt.Errorf("image USER %q: no group %s in the image's /etc/group%s", u, gs, errSuffix(err))
+			}
+			gid = entry[0]
+		}
 	}
 	return uid, gid, nil
+}
+
+func errSuffix(err error) string {
+	if err == nil {
+		return ""
+	}
+	return " (" + err.Error() + ")"
+}
+
+// lookupIn finds name in the image's /etc/passwd (uid, gid) or /etc/group
+// (gid) under rootfs.
+func lookupIn(rootfs, file, name string) ([]uint32, bool, error) {
+	if rootfs == "" {
+		return nil, false, errors.New("no image root to look names up in")
+	}
+	root, err := os.OpenRoot(rootfs)
+	if err != nil {
+		return nil, false, err
+	}
+	defer root.Close()
+	f, err := root.Open(filepath.Join("etc", file))
+	if err != nil {
+		return nil, false, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(io.LimitReader(f, 16<<20))
+	for sc.Scan() {
+		// passwd: name:x:uid:gid:…   group: name:x:gid:…
+		fields := strings.Split(sc.Text(), ":")
+		if len(fields) < 3 || fields[0] != name {
+			continue
+		}
+		var ids []uint32
+		for _, f := range fields[2:min(len(fields), map[string]int{"passwd": 4, "group": 3}[file])] {
+			n, err := strconv.ParseUint(f, 10, 32)
+			if err != nil {
+				return nil, false, fmt.Errorf("bad /etc/%s line for %s", file, name)
+			}
+			ids = append(ids, uint32(n))
+		}
+		if (file == "passwd" && len(ids) == 2) || (file == "group" && len(ids) == 1) {
+			return ids, true, nil
+		}
+		return nil, false, fmt.Errorf("bad /etc/%s line for %s", file, name)
+	}
+	return nil, false, sc.Err()
 }
 
 // parseS3URI splits s3://bucket/prefix.

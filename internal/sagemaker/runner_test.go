@@ -103,3 +103,36 @@ func TestValidateUnknownImage(t *testing.T) {
 		t.Fatalf("unknown image: %v", err)
 	}
 }
+
+// User names resolve in the image's own /etc files, never the host's: an
+// image whose /etc/passwd is a link to the host's file gets no answer.
+func TestImageUserNames(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+	os.WriteFile(filepath.Join(root, "etc", "passwd"), []byte("root:x:0:0::/root:/bin/sh\nsagemaker:x:1001:1002::/home/sm:/bin/sh\nbroken:x:abc:1\n"), 0o644)
+	os.WriteFile(filepath.Join(root, "etc", "group"), []byte("root:x:0:\nstaff:x:50:sagemaker\n"), 0o644)
+	for _, tc := range []struct {
+		user     string
+		uid, gid uint32
+		ok       bool
+	}{
+		{"sagemaker", 1001, 1002, true}, {"sagemaker:staff", 1001, 50, true}, {"sagemaker:7", 1001, 7, true},
+		{"1000:staff", 1000, 50, true}, {"1000", 1000, 1000, true},
+		{"nobody", 0, 0, false}, {"sagemaker:wheel", 0, 0, false}, {"broken", 0, 0, false},
+	} {
+		uid, gid, err := imageUserIn(root, tc.user)
+		if (err == nil) != tc.ok || uid != tc.uid || gid != tc.gid {
+			t.Errorf("%q: %d:%d %v", tc.user, uid, gid, err)
+		}
+	}
+
+	escape := t.TempDir()
+	os.MkdirAll(filepath.Join(escape, "etc"), 0o755)
+	os.Symlink("/etc/passwd", filepath.Join(escape, "etc", "passwd"))
+	if uid, _, err := imageUserIn(escape, "root:daemon"); err == nil {
+		t.Fatalf("resolved through a link to the host: uid %d", uid)
+	}
+	if _, _, err := imageUserIn(escape, "daemon"); err == nil {
+		t.Fatal("user daemon resolved through a link to the host's /etc/passwd")
+	}
+}
