@@ -291,6 +291,61 @@ func TestTrainingJobsEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("bad input", func(t *testing.T) {
+		// A user without iam:PassRole on the role may not hand it to a job.
+		awsJSON(t, c, cli, []string{"iam", "create-user", "--user-name", "analyst"})
+		awsJSON(t, c, cli, []string{"iam", "put-user-policy", "--user-name", "analyst", "--policy-name", "sm", "--policy-document",
+			`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"sagemaker:*","Resource":"*"}]}`})
+		k := awsJSON(t, c, cli, []string{"iam", "create-access-key", "--user-name", "analyst"})
+		analyst := []string{"AWS_ACCESS_KEY_ID=" + str(k, "AccessKey", "AccessKeyId"), "AWS_SECRET_ACCESS_KEY=" + str(k, "AccessKey", "SecretAccessKey")}
+		for _, tc := range []struct {
+			name, code, msg string
+			edit            func(j map[string]any)
+			env             []string
+		}{
+			{"bad-name_", "ValidationException", "trainingJobName", func(j map[string]any) {}, nil},
+			{"no-role", "ValidationException", "roleArn", func(j map[string]any) { j["RoleArn"] = "trainer-role-given-by-name" }, nil},
+			{"missing-role", "ValidationException", "Could not assume role", func(j map[string]any) {
+				j["RoleArn"] = strings.Replace(role, "role/trainer", "role/nobody", 1)
+			}, nil},
+			{"not-passable", "AccessDenied", "iam:PassRole", func(j map[string]any) {}, analyst},
+			{"no-image", "ValidationException", "convoy images import", func(j map[string]any) {
+				j["AlgorithmSpecification"].(map[string]any)["TrainingImage"] = "nope:1"
+			}, nil},
+			{"bad-input-uri", "ValidationException", "S3Uri", func(j map[string]any) {
+				j["InputDataConfig"].([]any)[0].(map[string]any)["DataSource"] = map[string]any{
+					"S3DataSource": map[string]any{"S3DataType": "S3Prefix", "S3Uri": "https://input/train/"}}
+			}, nil},
+			{"bad-output-uri", "ValidationException", "S3OutputPath", func(j map[string]any) {
+				j["OutputDataConfig"] = map[string]any{"S3OutputPath": "s3://Not_A_Bucket"}
+			}, nil},
+			{"zero-hosts", "ValidationException", "InstanceCount", func(j map[string]any) {
+				j["ResourceConfig"].(map[string]any)["InstanceCount"] = 0
+			}, nil},
+			{"many-hosts", "ValidationException", "InstanceCount", func(j map[string]any) {
+				j["ResourceConfig"].(map[string]any)["InstanceCount"] = 1000
+			}, nil},
+		} {
+			job := trainingJob(tc.name, role, key, 1, 300, map[string]string{"mode": "train"})
+			tc.edit(job)
+			file := writeFile(t, filepath.Join(t.TempDir(), "job.json"), mustJSON(job))
+			r := c.AWS(t, cli, []string{"sagemaker", "create-training-job", "--cli-input-json", "file://" + file}, append(tc.env, "AWS_MAX_ATTEMPTS=1")...)
+			if r.Err == nil || !strings.Contains(r.Stderr, tc.code) || !strings.Contains(r.Stderr, tc.msg) {
+				t.Errorf("%s: want %s mentioning %q, got %v\n%s", tc.name, tc.code, tc.msg, r.Err, r.Stderr)
+			}
+		}
+		// Nothing was created or started for any of them.
+		list := awsJSON(t, c, cli, []string{"sagemaker", "list-training-jobs", "--name-contains", "-"})
+		for _, s := range list["TrainingJobSummaries"].([]any) {
+			name := s.(map[string]any)["TrainingJobName"].(string)
+			for _, bad := range []string{"no-role", "missing-role", "not-passable", "no-image", "bad-input-uri", "bad-output-uri", "zero-hosts", "many-hosts"} {
+				if name == bad {
+					t.Errorf("rejected job %s is listed", name)
+				}
+			}
+		}
+	})
+
 	t.Run("unknown image", func(t *testing.T) {
 		job := trainingJob("no-image", role, key, 1, 300, map[string]string{"mode": "train"})
 		job["AlgorithmSpecification"].(map[string]any)["TrainingImage"] = "nope:1"
