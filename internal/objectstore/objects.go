@@ -406,7 +406,8 @@ func (s *Store) getObject(c *request, head bool) error {
 	}
 	defer rd.Close()
 	c.w.WriteHeader(status)
-	copied, err := io.CopyBuffer(c.w, rd, make([]byte, 256<<10))
+	// Decryption (this goroutine) overlaps the TLS writes (pipeCopy's).
+	copied, err := pipeCopy(c.w, rd, n)
 	s.metrics.bytesOut.Add(float64(copied))
 	if err != nil && copied < n {
 		// Headers are gone: cut the connection so the client sees a

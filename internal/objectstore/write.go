@@ -76,42 +76,73 @@ func (s *Store) writeBody(r *http.Request, body io.Reader, dataKey []byte, limit
 		return written{}, err
 	}
 	ok := false
+	var direct *directFile
 	defer func() {
 		if !ok {
+			if direct != nil {
+				direct.release()
+			}
 			f.Close()
 			os.Remove(tmp)
 		}
 	}()
-	bw := bufio.NewWriterSize(&writeback{f: f}, 256<<10)
-	enc, err := sealed.NewWriter(bw, dataKey, []byte(id), sealed.DefaultSegmentSize)
+	// A large body goes to the disk with O_DIRECT where the file system
+	// allows it; a small one through the page cache, with a buffer that
+	// holds a few sealed segments, or less for a small body.
+	want := expectedLength(r)
+	var sink interface {
+		io.Writer
+		Flush() error
+	}
+	if want < 0 || want >= directMin {
+		if direct, err = newDirect(f); err == nil {
+			sink = direct
+		} else {
+			direct = nil
+		}
+	}
+	if sink == nil {
+		bufSize := 256 << 10
+		if want >= 0 && want < int64(bufSize)/2 {
+			bufSize = int(want) + 4<<10
+		}
+		sink = bufio.NewWriterSize(&writeback{f: f}, bufSize)
+	}
+	enc, err := sealed.NewWriter(sink, dataKey, []byte(id), sealed.DefaultSegmentSize)
 	if err != nil {
 		return written{}, err
 	}
-	writers := []io.Writer{enc}
+	// The hashes run as the body is read, on this goroutine; sealing and
+	// the file writes on pipeCopy's second one.
+	var hashes []io.Writer
 	var sum hash.Hash
 	if withMD5 {
 		sum = fipsexempt.MD5()
-		writers = append(writers, sum)
+		hashes = append(hashes, sum)
 	}
 	var check hash.Hash
 	if algo != "" {
 		check = checksumAlgos[algo]()
-		writers = append(writers, check)
+		hashes = append(hashes, check)
 	}
-	n, err := io.CopyBuffer(io.MultiWriter(writers...), io.LimitReader(body, limit+1), make([]byte, 256<<10))
+	src := io.LimitReader(body, limit+1)
+	if len(hashes) > 0 {
+		src = io.TeeReader(src, io.MultiWriter(hashes...))
+	}
+	n, err := pipeCopy(enc, src, want)
 	if err != nil {
 		return written{}, err
 	}
 	if n > limit {
 		return written{}, s3err(http.StatusBadRequest, "EntityTooLarge", "Your proposed upload exceeds the maximum allowed size of %d bytes", limit)
 	}
-	if want := expectedLength(r); want >= 0 && n != want {
+	if want >= 0 && n != want {
 		return written{}, s3err(http.StatusBadRequest, "IncompleteBody", "You did not provide the number of bytes specified by the Content-Length HTTP header (%d of %d).", n, want)
 	}
 	if err := enc.Close(); err != nil {
 		return written{}, err
 	}
-	if err := bw.Flush(); err != nil {
+	if err := sink.Flush(); err != nil {
 		return written{}, err
 	}
 	if err := f.Sync(); err != nil {
