@@ -128,7 +128,7 @@ func (r *LocalRunner) RunProcessing(ctx context.Context, job *ProcessingJob, sta
 		Region: r.Region, BaseEndpoint: aws.String(r.Endpoint), HTTPClient: r.HTTP,
 		Credentials: credentials.NewStaticCredentialsProvider(akid, secret, token),
 	})
-	if reason, ok := j.mountVolume(ctx, req.ProcessingResources.ClusterConfig.VolumeKmsKeyId, kc); !ok {
+	if reason, ok := j.mountVolume(ctx, req.ProcessingResources.ClusterConfig.VolumeKmsKeyId, req.ProcessingResources.ClusterConfig.VolumeSizeInGB, kc); !ok {
 		return procFailed("%s", reason)
 	}
 	if err := prepareProcessingDirs(j, req, uid, gid); err != nil {

@@ -116,9 +116,10 @@ const volumeDir = "volume"
 
 // Volumes mounts encrypted job volumes; see internal/volume.
 type Volumes interface {
-	// Mount creates an encrypted volume with password material key and
-	// mounts its plaintext view at base (which must not exist).
-	Mount(ctx context.Context, base string, key []byte) error
+	// Mount creates an encrypted volume of size bytes with password
+	// material key and mounts its plaintext view at base (which must not
+	// exist). unbounded says why the size is not enforced, if it is not.
+	Mount(ctx context.Context, base string, key []byte, size int64) (unbounded, err error)
 	// Remove unmounts the volume at base, if mounted, and deletes it.
 	Remove(base string) error
 	// Mechanism describes the encryption, for the job's log.
@@ -130,7 +131,7 @@ type Volumes interface {
 // role needs kms:GenerateDataKey on it) or, without a key id, by 32 random
 // bytes that only this process holds. Either way the key is never written
 // down; the volume is deleted when the job ends.
-func (j *jobRun) mountVolume(ctx context.Context, kmsKeyID string, kc *kms.Client) (string, bool) {
+func (j *jobRun) mountVolume(ctx context.Context, kmsKeyID string, sizeGB int, kc *kms.Client) (string, bool) {
 	if j.r.Volumes == nil {
 		return "InternalServerError: this convoy has no encrypted volumes configured; it runs no job with plaintext storage", false
 	}
@@ -155,15 +156,19 @@ func (j *jobRun) mountVolume(ctx context.Context, kmsKeyID string, kc *kms.Clien
 	if err := j.r.Volumes.Remove(base); err != nil { // left by a crash
 		return fmt.Sprintf("InternalServerError: remove an old volume: %v", err), false
 	}
-	if err := j.r.Volumes.Mount(ctx, base, key); err != nil {
+	unbounded, err := j.r.Volumes.Mount(ctx, base, key, int64(sizeGB)<<30)
+	if err != nil {
 		return fmt.Sprintf("InternalServerError: create the encrypted storage volume: %v", err), false
+	}
+	if unbounded != nil {
+		j.log.Warn("storage volume size not enforced", "volume_size_gb", sizeGB, "err", unbounded)
 	}
 	j.work = base
 	keyName := "a key held only in memory"
 	if kmsKeyID != "" {
 		keyName = "a data key of " + kmsKeyID
 	}
-	j.log.Info("storage volume encrypted", "mechanism", j.r.Volumes.Mechanism(), "key", keyName)
+	j.log.Info("storage volume encrypted", "mechanism", j.r.Volumes.Mechanism(), "key", keyName, "size_gb", sizeGB)
 	return "", true
 }
 
@@ -278,7 +283,7 @@ func (r *LocalRunner) Run(ctx context.Context, job *Job, report Reporter) (out O
 		Region: r.Region, BaseEndpoint: aws.String(r.Endpoint), HTTPClient: r.HTTP,
 		Credentials: credentials.NewStaticCredentialsProvider(akid, secret, token),
 	})
-	if reason, ok := j.mountVolume(ctx, req.ResourceConfig.VolumeKmsKeyId, kc); !ok {
+	if reason, ok := j.mountVolume(ctx, req.ResourceConfig.VolumeKmsKeyId, req.ResourceConfig.VolumeSizeInGB, kc); !ok {
 		return failed("%s", reason)
 	}
 	if err := j.prepareDirs(uid, gid); err != nil {

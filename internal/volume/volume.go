@@ -15,9 +15,15 @@
 // key. Once the job ends the mount goes and the ciphertext is deleted, so
 // the password is gone with the volume.
 //
-// Written by hand because it is only the supervision of gocryptfs (mount,
-// unmount, clean up after a crash); gocryptfs itself is an audited,
-// widely used file system and is not reimplemented here.
+// The size (VolumeSizeInGB) is a real limit, as on SageMaker, where a full
+// volume gives the training code ENOSPC: the ciphertext lives on its own
+// ext4 file system in a sparse image file of that size (base+".img"),
+// loop-mounted at base+".enc". Where that cannot be set up (no loop
+// devices), the volume is still encrypted but unbounded, and Mount says so.
+//
+// Written by hand because it is only the supervision of mkfs, mount and
+// gocryptfs (create, unmount, clean up after a crash); gocryptfs itself is
+// an audited, widely used file system and is not reimplemented here.
 package volume
 
 import (
@@ -37,13 +43,17 @@ import (
 )
 
 // Mechanism describes the encryption, for job logs.
-const Mechanism = "gocryptfs (FUSE): AES-256-GCM per 4 KiB block, encrypted file names"
+const Mechanism = "gocryptfs (FUSE): AES-256-GCM per 4 KiB block, encrypted file names, on its own ext4 image of the volume size"
 
 // Volume is a mounted encrypted volume.
 type Volume struct {
 	// Dir is the plaintext view; use it like any directory.
 	Dir    string
 	cipher string
+	// Bounded reports whether the size limit holds (the ciphertext has its
+	// own file system); if not, Unbounded says why.
+	Bounded   bool
+	Unbounded error
 }
 
 // Check reports what is missing for encrypted volumes, with what to do.
@@ -57,18 +67,48 @@ func Check() error {
 	return nil
 }
 
-// Mount creates an encrypted volume whose ciphertext lives in base+".enc"
-// and whose plaintext view is mounted at base, with password material key
-// (at least 32 bytes). base must not exist yet.
-func Mount(ctx context.Context, base string, key []byte) (*Volume, error) {
+// fsOverhead is what ext4 keeps for itself on a small image (inode tables,
+// bitmaps): the image is made this much larger than the size asked for.
+const fsOverhead = 1.07
+
+// bound makes the sparse image of size bytes and mounts its file system at
+// dir.
+func bound(ctx context.Context, base, dir string, size int64) error {
+	img := base + ".img"
+	f, err := os.OpenFile(img, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	err = f.Truncate(int64(float64(size) * fsOverhead))
+	f.Close()
+	if err != nil {
+		return err
+	}
+	// No journal: a scratch volume is thrown away, never recovered.
+	if out, err := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal",
+		"-E", "lazy_itable_init=1,lazy_journal_init=1", img).CombinedOutput(); err != nil {
+		return fmt.Errorf("mkfs.ext4: %w: %s", err, bytes.TrimSpace(out))
+	}
+	if out, err := exec.CommandContext(ctx, "mount", "-o", "loop,nosuid,nodev,noexec", img, dir).CombinedOutput(); err != nil {
+		return fmt.Errorf("mount the volume image: %w: %s", err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+// Mount creates an encrypted volume of size bytes (0: unbounded) whose
+// ciphertext lives under base+".enc" and whose plaintext view is mounted at
+// base, with password material key (at least 32 bytes). base must not
+// exist yet. If the size cannot be enforced, the volume is made anyway,
+// with Bounded false and the reason in Unbounded.
+func Mount(ctx context.Context, base string, key []byte, size int64) (*Volume, error) {
 	if len(key) < 32 {
 		return nil, errors.New("volume key: want at least 32 bytes")
 	}
 	if err := Check(); err != nil {
 		return nil, err
 	}
-	v := &Volume{Dir: base, cipher: base + ".enc"}
-	for _, d := range []string{v.cipher, v.Dir} {
+	v := &Volume{Dir: base, cipher: filepath.Join(base+".enc", "c")}
+	for _, d := range []string{base + ".enc", v.Dir} {
 		if err := os.Mkdir(d, 0o700); err != nil {
 			return nil, fmt.Errorf("volume: %w", err)
 		}
@@ -79,6 +119,16 @@ func Mount(ctx context.Context, base string, key []byte) (*Volume, error) {
 			v.Close()
 		}
 	}()
+	if size > 0 {
+		if v.Unbounded = bound(ctx, base, base+".enc", size); v.Unbounded == nil {
+			v.Bounded = true
+		} else {
+			os.Remove(base + ".img")
+		}
+	}
+	if err := os.Mkdir(v.cipher, 0o700); err != nil {
+		return nil, fmt.Errorf("volume: %w", err)
+	}
 	password := base64.StdEncoding.EncodeToString(key) + "\n"
 	// The password carries 256 bits of entropy: scrypt's cost buys nothing,
 	// so its cheapest setting keeps job start fast.
@@ -120,16 +170,18 @@ func gocryptfs(ctx context.Context, password string, args ...string) error {
 // Close unmounts the volume and deletes its ciphertext. Idempotent.
 func (v *Volume) Close() error { return Remove(v.Dir) }
 
-// Remove unmounts the volume at base if it is mounted and deletes both its
-// view and its ciphertext: for a volume left behind by a crash too.
+// Remove unmounts the volume at base if it is mounted and deletes its view,
+// its ciphertext and its image: for a volume left behind by a crash too.
 func Remove(base string) error {
-	if mounted, err := isMountPoint(base); err == nil && mounted {
-		if err := unmount(base); err != nil {
-			return err
+	for _, d := range []string{base, base + ".enc"} { // the view first: it lives on the image
+		if mounted, err := isMountPoint(d); err == nil && mounted {
+			if err := unmount(d); err != nil {
+				return err
+			}
 		}
 	}
 	var errs []error
-	for _, d := range []string{base, base + ".enc"} {
+	for _, d := range []string{base, base + ".enc", base + ".img"} {
 		if mounted, err := isMountPoint(d); err == nil && mounted {
 			errs = append(errs, fmt.Errorf("volume: %s is still mounted; not deleting through it", d))
 			continue
@@ -205,9 +257,12 @@ func unescape(s string) string {
 // form the job runners take (sagemaker.Volumes).
 type Gocryptfs struct{}
 
-func (Gocryptfs) Mount(ctx context.Context, base string, key []byte) error {
-	_, err := Mount(ctx, base, key)
-	return err
+func (Gocryptfs) Mount(ctx context.Context, base string, key []byte, size int64) (unbounded error, err error) {
+	v, err := Mount(ctx, base, key, size)
+	if err != nil {
+		return nil, err
+	}
+	return v.Unbounded, nil
 }
 
 func (Gocryptfs) Remove(base string) error { return Remove(base) }

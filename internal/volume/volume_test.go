@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -59,7 +61,7 @@ func grepTree(t *testing.T, dir string, needle []byte) []string {
 func TestCiphertextOnlyAtRest(t *testing.T) {
 	needVolumes(t)
 	base := filepath.Join(t.TempDir(), "vol")
-	v, err := Mount(context.Background(), base, key(t))
+	v, err := Mount(context.Background(), base, key(t), 64<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,8 +79,16 @@ func TestCiphertextOnlyAtRest(t *testing.T) {
 	if err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("read back: %v, %d bytes, want %d", err, len(got), len(data))
 	}
-	if hits := grepTree(t, base+".enc", canary); len(hits) > 0 {
-		t.Fatalf("plaintext at rest: %v", hits)
+	if !v.Bounded {
+		t.Fatalf("volume not bounded: %v", v.Unbounded)
+	}
+	// The image holds the file system the ciphertext lives on: its raw
+	// bytes are what reaches the disk.
+	exec.Command("sync").Run()
+	for _, p := range []string{base + ".enc", base + ".img"} {
+		if hits := grepTree(t, p, canary); len(hits) > 0 {
+			t.Fatalf("plaintext at rest: %v", hits)
+		}
 	}
 	// The view must hold the canary, or the search above proves nothing.
 	if hits := grepTree(t, v.Dir, canary); len(hits) == 0 {
@@ -117,7 +127,7 @@ func TestCiphertextOnlyAtRest(t *testing.T) {
 func TestTamperDetected(t *testing.T) {
 	needVolumes(t)
 	base := filepath.Join(t.TempDir(), "vol")
-	v, err := Mount(context.Background(), base, key(t))
+	v, err := Mount(context.Background(), base, key(t), 64<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +170,7 @@ func TestTamperDetected(t *testing.T) {
 func TestRemoveAfterCrash(t *testing.T) {
 	needVolumes(t)
 	base := filepath.Join(t.TempDir(), "vol")
-	v, err := Mount(context.Background(), base, key(t))
+	v, err := Mount(context.Background(), base, key(t), 64<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,8 +184,10 @@ func TestRemoveAfterCrash(t *testing.T) {
 	if m, _ := isMountPoint(base); m {
 		t.Fatal("still mounted")
 	}
-	if _, err := os.Stat(base + ".enc"); !os.IsNotExist(err) {
-		t.Fatalf("ciphertext left: %v", err)
+	for _, p := range []string{base + ".enc", base + ".img"} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Fatalf("%s left: %v", p, err)
+		}
 	}
 	if err := Remove(base); err != nil {
 		t.Fatalf("second Remove: %v", err)
@@ -183,7 +195,7 @@ func TestRemoveAfterCrash(t *testing.T) {
 }
 
 func TestMountRefusesShortKey(t *testing.T) {
-	if _, err := Mount(context.Background(), filepath.Join(t.TempDir(), "v"), make([]byte, 16)); err == nil {
+	if _, err := Mount(context.Background(), filepath.Join(t.TempDir(), "v"), make([]byte, 16), 0); err == nil {
 		t.Fatal("16-byte key accepted")
 	}
 }
@@ -191,5 +203,57 @@ func TestMountRefusesShortKey(t *testing.T) {
 func TestUnescape(t *testing.T) {
 	if got := unescape(`/a\040b/c\011d`); got != "/a b/c\td" {
 		t.Fatalf("got %q", got)
+	}
+}
+
+// The size is a real limit: writing past it fails with ENOSPC, as a full
+// SageMaker volume does, and the host's disk is not filled.
+func TestSizeLimit(t *testing.T) {
+	needVolumes(t)
+	base := filepath.Join(t.TempDir(), "vol")
+	v, err := Mount(context.Background(), base, key(t), 32<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	if !v.Bounded {
+		t.Fatalf("volume not bounded: %v", v.Unbounded) // scripts/test.sh runs as root with loop devices
+	}
+	f, err := os.Create(filepath.Join(v.Dir, "big"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	chunk := make([]byte, 1<<20)
+	var written int
+	for written < 64<<20 {
+		n, err := f.Write(chunk)
+		written += n
+		if err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("after %d bytes: %v, want ENOSPC", written, err)
+			}
+			break
+		}
+		if err := f.Sync(); err != nil { // gocryptfs reports ENOSPC on write or flush
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("sync after %d bytes: %v", written, err)
+			}
+			break
+		}
+	}
+	if written >= 64<<20 {
+		t.Fatalf("wrote %d bytes to a 32 MiB volume", written)
+	}
+	if written < 24<<20 {
+		t.Fatalf("a 32 MiB volume took only %d bytes", written)
+	}
+	if err := v.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{base, base + ".enc", base + ".img"} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("%s left after Close: %v", p, err)
+		}
 	}
 }
