@@ -37,6 +37,31 @@ func WriteQueryResult(w http.ResponseWriter, r *http.Request, xmlns, action stri
 	w.Write(buf.Bytes())
 }
 
+// WriteQueryStrings writes what WriteQueryResult writes for a result whose
+// members are all strings — given as name, value, name, value … — without
+// encoding/xml's reflection: GetCallerIdentity, the most frequent call of
+// all, spends a tenth of its server time encoding otherwise.
+func WriteQueryStrings(w http.ResponseWriter, r *http.Request, xmlns, action string, kv ...string) {
+	var b bytes.Buffer
+	b.Grow(256)
+	b.WriteString(xml.Header)
+	b.WriteString("<" + action + `Response xmlns="`)
+	xml.EscapeText(&b, []byte(xmlns))
+	b.WriteString(`"><` + action + "Result>")
+	for i := 0; i+1 < len(kv); i += 2 {
+		b.WriteString("<" + kv[i] + ">")
+		xml.EscapeText(&b, []byte(kv[i+1]))
+		b.WriteString("</" + kv[i] + ">")
+	}
+	b.WriteString("</" + action + "Result><ResponseMetadata><RequestId>")
+	xml.EscapeText(&b, []byte(RequestID(r.Context())))
+	b.WriteString("</RequestId></ResponseMetadata></" + action + "Response>")
+	w.Header().Set("Content-Type", "text/xml")
+	w.Header().Set("Content-Length", strconv.Itoa(b.Len()))
+	w.WriteHeader(http.StatusOK)
+	w.Write(b.Bytes())
+}
+
 // Members is a query-protocol list: <Name><member>…</member>…</Name>,
 // written even when empty so that SDKs see an empty list, not a missing key.
 type Members[T any] []T

@@ -141,7 +141,8 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch action {
 	case "GetCallerIdentity":
 		// Allowed to every authenticated caller, as on AWS.
-		result = struct{ UserId, Account, Arn string }{p.UserID, p.AccountID, p.ARN}
+		awsproto.WriteQueryStrings(w, r, Namespace, action, "UserId", p.UserID, "Account", p.AccountID, "Arn", p.ARN)
+		return
 	case "GetSessionToken":
 		result, err = s.getSessionToken(r, p)
 	case "AssumeRole":
