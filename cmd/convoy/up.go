@@ -89,6 +89,7 @@ identifiers that S3 fixes, isolated in internal/fipsexempt.`,
 	f.StringVar(&o.CAKey, "ca-key", "", "private key (PEM) for --ca-cert")
 	f.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long in-flight requests may take to finish on shutdown")
 	f.DurationVar(&o.StopGrace, "training-stop-grace", 120*time.Second, "time a training container has between SIGTERM and SIGKILL when its job is stopped or exceeds MaxRuntimeInSeconds")
+	f.BoolVar(&o.RequireInternodeEncryption, "require-internode-encryption", false, "refuse training and processing jobs of more than one instance that do not set EnableInterContainerTrafficEncryption")
 	f.DurationVar(&o.STSMinDuration, "sts-min-session-duration", 0, "shortest STS session a client may request (default 15m, as AWS); for tests")
 	f.MarkHidden("sts-min-session-duration")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

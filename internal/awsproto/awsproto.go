@@ -52,6 +52,10 @@ type Error struct {
 	Code    string
 	Message string
 	Status  int
+	// Fields are further members of the error's shape (ModelError's
+	// OriginalStatusCode, …), added to JSON error bodies; the XML protocols
+	// have no place for them.
+	Fields map[string]any
 }
 
 func (e *Error) Error() string { return e.Code + ": " + e.Message }
@@ -105,7 +109,12 @@ func WriteError(w http.ResponseWriter, r *http.Request, p Protocol, err *Error) 
 		}
 		h.Set("Content-Type", ct)
 		h.Set("x-amzn-ErrorType", code)
-		body, _ := json.Marshal(map[string]string{"__type": code, "message": err.Message})
+		m := make(map[string]any, 2+len(err.Fields))
+		for k, v := range err.Fields {
+			m[k] = v
+		}
+		m["__type"], m["message"] = code, err.Message
+		body, _ := json.Marshal(m)
 		h.Set("Content-Length", strconv.Itoa(len(body)))
 		w.WriteHeader(status)
 		w.Write(body)

@@ -109,3 +109,20 @@ func FuzzDetect(f *testing.F) {
 		}
 	})
 }
+
+// Fields of an error's shape reach JSON bodies beside __type and message,
+// and cannot replace them.
+func TestWriteErrorFields(t *testing.T) {
+	r := httptest.NewRequest("POST", "/endpoints/e/invocations", nil)
+	w := httptest.NewRecorder()
+	WriteError(w, r, RestJSON, &Error{Code: "ModelError", Message: "m", Status: 424,
+		Fields: map[string]any{"OriginalStatusCode": 415, "LogStreamArn": "arn:x", "__type": "Other"}})
+	var j map[string]any
+	if err := json.Unmarshal(w.Body.Bytes(), &j); err != nil {
+		t.Fatal(err)
+	}
+	if w.Code != 424 || j["__type"] != "ModelError" || j["message"] != "m" || j["OriginalStatusCode"] != 415.0 || j["LogStreamArn"] != "arn:x" ||
+		w.Header().Get("Content-Type") != "application/json" || w.Header().Get("x-amzn-ErrorType") != "ModelError" {
+		t.Errorf("%d %v %v", w.Code, w.Header(), j)
+	}
+}

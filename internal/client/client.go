@@ -65,7 +65,7 @@ func ReadEnv(dataDir string) (Env, error) {
 	return env, nil
 }
 
-// unquote undoes the shell single quoting convoy up writes ('it'\''s').
+// unquote undoes the shell single quoting convoy up writes ('it'\”s').
 func unquote(v string) string {
 	if len(v) < 2 || v[0] != '\'' || v[len(v)-1] != '\'' {
 		return v
@@ -101,7 +101,9 @@ type APIError struct {
 	Message string
 }
 
-func (e *APIError) Error() string { return fmt.Sprintf("%s: %s (HTTP %d)", e.Code, e.Message, e.Status) }
+func (e *APIError) Error() string {
+	return fmt.Sprintf("%s: %s (HTTP %d)", e.Code, e.Message, e.Status)
+}
 
 // CallJSON calls an awsJson1_1 operation: target is "SageMaker.ListTrainingJobs",
 // service the signing name ("sagemaker").

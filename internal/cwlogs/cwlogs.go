@@ -1,9 +1,10 @@
 // Package cwlogs serves the part of the CloudWatch Logs API (awsJson1_1,
-// X-Amz-Target Logs_20140328.<Op>) that reads training jobs' logs:
+// X-Amz-Target Logs_20140328.<Op>) that reads SageMaker containers' logs:
 // DescribeLogStreams, GetLogEvents and FilterLogEvents on the log group
-// /aws/sagemaker/TrainingJobs. It stores nothing: events are the lines of the
-// raw host logs a training job leaves on disk (one event a line), found
-// through LogDirs. Written by hand because it is a few hundred lines over
+// /aws/sagemaker/TrainingJobs and on the groups of Sources (endpoints'
+// /aws/sagemaker/Endpoints/<name>). It stores nothing: events are the lines
+// of the raw container logs left on disk (one event a line), found through
+// LogDirs and the Sources. Written by hand because it is a few hundred lines over
 // plain files; no library serves the CloudWatch Logs wire protocol.
 //
 // Streams are named "<TrainingJobName>/<host>-1", e.g. "my-job/algo-1-1":
@@ -31,8 +32,29 @@ import (
 	"convoy/internal/iam"
 )
 
-// Group is the one log group served: SageMaker training jobs'.
+// Group is the log group of SageMaker training jobs. Other groups
+// (endpoints') are served from the Sources added with AddSource.
 const Group = "/aws/sagemaker/TrainingJobs"
+
+// Source serves the log groups whose names start with a prefix: each
+// stream is a file of raw lines, as a training host's log is.
+type Source interface {
+	// Group reports whether the log group exists.
+	Group(group string) bool
+	// Stream returns the file of the named stream of group, and whether
+	// there is one.
+	Stream(group, stream string) (path string, ok bool)
+	// Streams lists the streams of group whose names start with prefix.
+	Streams(group, prefix string) ([]StreamFile, error)
+}
+
+// StreamFile is a stream's name and file.
+type StreamFile struct{ Name, Path string }
+
+type source struct {
+	prefix string
+	src    Source
+}
 
 // LogDirs finds a training job's log directory (holding <host>.log per
 // host) from the job's name; ok is false when the job left no logs.
@@ -51,7 +73,24 @@ type Service struct {
 	region  string
 	account string
 	dirs    LogDirs
+	sources []source
 	log     *slog.Logger
+}
+
+// AddSource serves the log groups starting with prefix from src. Call it
+// before serving requests.
+func (s *Service) AddSource(prefix string, src Source) {
+	s.sources = append(s.sources, source{prefix, src})
+}
+
+// sourceOf returns the Source of a group other than Group, or nil.
+func (s *Service) sourceOf(group string) Source {
+	for _, src := range s.sources {
+		if strings.HasPrefix(group, src.prefix) && src.src.Group(group) {
+			return src.src
+		}
+	}
+	return nil
 }
 
 // New returns the logs API over the job logs dirs finds.
@@ -113,8 +152,8 @@ func (s *Service) groupARN(group string) string {
 	return fmt.Sprintf("arn:aws:logs:%s:%s:log-group:%s:*", s.region, s.account, group)
 }
 
-func (s *Service) streamARN(stream string) string {
-	return fmt.Sprintf("arn:aws:logs:%s:%s:log-group:%s:log-stream:%s", s.region, s.account, Group, stream)
+func (s *Service) streamARN(group, stream string) string {
+	return fmt.Sprintf("arn:aws:logs:%s:%s:log-group:%s:log-stream:%s", s.region, s.account, group, stream)
 }
 
 // authorize checks action on group before anything tells whether the group
@@ -126,7 +165,7 @@ func (s *Service) authorize(r *http.Request, p *iam.Principal, action, group str
 	if err := s.iam.Authorize(r.Context(), p, action, s.groupARN(group), nil); err != nil {
 		return err
 	}
-	if group != Group {
+	if group != Group && s.sourceOf(group) == nil {
 		return notFound("The specified log group does not exist.")
 	}
 	return nil

@@ -342,3 +342,71 @@ func TestPrint(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// groupSource is a Source of one group whose streams are files in a map.
+type groupSource struct {
+	group string
+	files map[string]string // stream name → path
+}
+
+func (g groupSource) Group(group string) bool { return group == g.group }
+
+func (g groupSource) Stream(group, stream string) (string, bool) {
+	p, ok := g.files[stream]
+	return p, ok && group == g.group
+}
+
+func (g groupSource) Streams(group, prefix string) ([]StreamFile, error) {
+	var out []StreamFile
+	for name, p := range g.files {
+		if strings.HasPrefix(name, prefix) {
+			out = append(out, StreamFile{Name: name, Path: p})
+		}
+	}
+	return out, nil
+}
+
+func TestSource(t *testing.T) {
+	e := newEnv(t)
+	dir := t.TempDir()
+	for name, content := range map[string]string{"a.log": "serving\nping ok\n", "b.log": "other\n"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const group = "/aws/sagemaker/Endpoints/ep"
+	e.svc.AddSource("/aws/sagemaker/Endpoints/", groupSource{group: group, files: map[string]string{
+		"AllTraffic/i-1": filepath.Join(dir, "a.log"), "Canary/i-2": filepath.Join(dir, "b.log")}})
+
+	code, out := e.call("DescribeLogStreams", map[string]any{"logGroupName": group}, e.admin)
+	streams, _ := out["logStreams"].([]any)
+	if code != 200 || len(streams) != 2 || streams[0].(map[string]any)["logStreamName"] != "AllTraffic/i-1" ||
+		!strings.HasSuffix(streams[0].(map[string]any)["arn"].(string), ":log-group:"+group+":log-stream:AllTraffic/i-1") {
+		t.Fatalf("describe: %d %v", code, out)
+	}
+	code, out = e.call("GetLogEvents", map[string]any{"logGroupName": group, "logStreamName": "AllTraffic/i-1", "startFromHead": true}, e.admin)
+	if code != 200 || !eq(messages(out), []string{"serving", "ping ok"}) {
+		t.Fatalf("get: %d %v", code, out)
+	}
+	code, out = e.call("FilterLogEvents", map[string]any{"logGroupName": group, "filterPattern": "other"}, e.admin)
+	if code != 200 || !eq(messages(out), []string{"other"}) {
+		t.Fatalf("filter the whole group: %d %v", code, out)
+	}
+	for _, tc := range []struct {
+		op   string
+		body map[string]any
+		code string
+	}{
+		{"GetLogEvents", map[string]any{"logGroupName": "/aws/sagemaker/Endpoints/nope", "logStreamName": "AllTraffic/i-1"}, "ResourceNotFoundException"},
+		{"GetLogEvents", map[string]any{"logGroupName": group, "logStreamName": "AllTraffic/i-9"}, "ResourceNotFoundException"},
+		{"GetLogEvents", map[string]any{"logGroupName": group, "logStreamName": "AllTraffic/i-1"}, "AccessDeniedException"},
+	} {
+		p := e.admin
+		if tc.code == "AccessDeniedException" {
+			p = e.dev
+		}
+		if code, out := e.call(tc.op, tc.body, p); code == 200 || out["__type"] != tc.code {
+			t.Errorf("%s %v: %d %v, want %s", tc.op, tc.body, code, out, tc.code)
+		}
+	}
+}

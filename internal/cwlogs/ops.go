@@ -41,7 +41,7 @@ func (s *Service) describeLogStreams(r *http.Request, p *iam.Principal, body []b
 	if req.OrderBy != "" && req.OrderBy != "LogStreamName" {
 		return nil, invalid("orderBy %s is not supported by this convoy; use LogStreamName", req.OrderBy)
 	}
-	if req.LogStreamNamePrefix == "" {
+	if req.LogStreamNamePrefix == "" && req.LogGroupName == Group {
 		return nil, invalid("this convoy lists one training job's streams at a time: give logStreamNamePrefix starting with the job's name (JOB/)")
 	}
 	start := 0
@@ -50,7 +50,7 @@ func (s *Service) describeLogStreams(r *http.Request, p *iam.Principal, body []b
 			return nil, invalid("The specified nextToken is not valid.")
 		}
 	}
-	streams, err := s.withPrefix(req.LogStreamNamePrefix)
+	streams, err := s.withPrefix(req.LogGroupName, req.LogStreamNamePrefix)
 	if err != nil {
 		return nil, err
 	}
@@ -65,7 +65,7 @@ func (s *Service) describeLogStreams(r *http.Request, p *iam.Principal, body []b
 	}{LogStreams: []logStream{}}
 	for i := start; i < len(streams) && i < start+n; i++ {
 		st := streams[i]
-		ls := logStream{LogStreamName: st.name, CreationTime: st.mtime, LastIngestionTime: st.mtime, ARN: s.streamARN(st.name), StoredBytes: st.size}
+		ls := logStream{LogStreamName: st.name, CreationTime: st.mtime, LastIngestionTime: st.mtime, ARN: s.streamARN(req.LogGroupName, st.name), StoredBytes: st.size}
 		if st.size > 0 {
 			ls.FirstEventTimestamp, ls.LastEventTimestamp = st.mtime, st.mtime
 		}
@@ -120,7 +120,7 @@ func (s *Service) getLogEvents(r *http.Request, p *iam.Principal, body []byte) (
 		}
 		forward, pos = dir == "f", v
 	}
-	st, ok, err := s.open(req.LogStreamName)
+	st, ok, err := s.open(req.LogGroupName, req.LogStreamName)
 	if err != nil {
 		return nil, err
 	}
@@ -227,7 +227,7 @@ func (s *Service) filterLogEvents(r *http.Request, p *iam.Principal, body []byte
 		return nil, invalid("logStreamNames may name at most %d streams", maxNamedCount)
 	case len(req.LogStreamNames) > 0:
 		for _, name := range req.LogStreamNames {
-			st, ok, err := s.open(name)
+			st, ok, err := s.open(req.LogGroupName, name)
 			if err != nil {
 				return nil, err
 			}
@@ -236,8 +236,8 @@ func (s *Service) filterLogEvents(r *http.Request, p *iam.Principal, body []byte
 			}
 			streams = append(streams, st)
 		}
-	case req.LogStreamNamePrefix != "":
-		if streams, err = s.withPrefix(req.LogStreamNamePrefix); err != nil {
+	case req.LogStreamNamePrefix != "" || req.LogGroupName != Group:
+		if streams, err = s.withPrefix(req.LogGroupName, req.LogStreamNamePrefix); err != nil {
 			return nil, err
 		}
 	default:

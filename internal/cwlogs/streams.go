@@ -59,8 +59,16 @@ func hostNumber(h string) int {
 	return n
 }
 
-// open finds the stream named name; ok is false when there is none.
-func (s *Service) open(name string) (stream, bool, error) {
+// open finds the stream named name of group; ok is false when there is
+// none.
+func (s *Service) open(group, name string) (stream, bool, error) {
+	if src := s.sourceOf(group); src != nil {
+		path, ok := src.Stream(group, name)
+		if !ok {
+			return stream{}, false, nil
+		}
+		return statStream(name, path)
+	}
 	job, host, ok := parseStream(name)
 	if !ok {
 		return stream{}, false, nil
@@ -83,10 +91,28 @@ func statStream(name, path string) (stream, bool, error) {
 	return stream{name: name, path: path, size: fi.Size(), mtime: fi.ModTime().UnixMilli()}, true, nil
 }
 
-// withPrefix lists the streams whose names start with prefix, in name
-// order. The prefix must start with a whole job name: convoy finds logs by
-// job, it does not list every job's.
-func (s *Service) withPrefix(prefix string) ([]stream, error) {
+// withPrefix lists the streams of group whose names start with prefix, in
+// name order. For training jobs the prefix must start with a whole job
+// name: convoy finds logs by job, it does not list every job's.
+func (s *Service) withPrefix(group, prefix string) ([]stream, error) {
+	if src := s.sourceOf(group); src != nil {
+		files, err := src.Streams(group, prefix)
+		if err != nil {
+			return nil, err
+		}
+		var out []stream
+		for _, f := range files {
+			st, ok, err := statStream(f.Name, f.Path)
+			if err != nil {
+				return nil, err
+			}
+			if ok {
+				out = append(out, st)
+			}
+		}
+		sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
+		return out, nil
+	}
 	job, _, _ := strings.Cut(prefix, "/")
 	dir, ok := s.dirs.LogDir(job)
 	if job == "" || !ok {

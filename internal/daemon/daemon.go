@@ -27,8 +27,10 @@ import (
 	"convoy/internal/iam"
 	"convoy/internal/images"
 	"convoy/internal/kms"
+	"convoy/internal/mesh"
 	"convoy/internal/objectstore"
 	"convoy/internal/pki"
+	"convoy/internal/runtime"
 	"convoy/internal/sagemaker"
 	"convoy/internal/sealbox"
 	"convoy/internal/server"
@@ -63,6 +65,9 @@ type Options struct {
 	StopGrace time.Duration
 	// ShutdownTimeout bounds how long in-flight requests may take to finish.
 	ShutdownTimeout time.Duration
+	// RequireInternodeEncryption refuses jobs of more than one instance
+	// that do not ask for inter-container traffic encryption.
+	RequireInternodeEncryption bool
 
 	Logger *slog.Logger
 	Stdout io.Writer
@@ -185,9 +190,21 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
+	if o.RequireInternodeEncryption {
+		training.RequireInterContainerEncryption()
+	}
 	training.RegisterMetrics(srv.Registry())
 	srv.Handle("sagemaker", training)
-	srv.Handle("logs", cwlogs.New(ids, ids.AccountID(), o.Region, sagemaker.JobLogDirs(filepath.Join(o.DataDir, "jobs")), log))
+	// Endpoints: models in containers, reached through the runtime router.
+	router := runtime.New(runtime.Config{IAM: ids, Account: ids.AccountID(), Region: o.Region, Registry: srv.Registry(), Log: log})
+	srv.Handle(server.RuntimeService, router)
+	endpointsDir := mkdir(o.DataDir, "endpoints")
+	if err := training.ServeEndpoints(ctx, modelHost(runner, endpointsDir, log), router); err != nil {
+		return err
+	}
+	logs := cwlogs.New(ids, ids.AccountID(), o.Region, sagemaker.JobLogDirs(filepath.Join(o.DataDir, "jobs")), log)
+	logs.AddSource(sagemaker.EndpointLogGroupPrefix, sagemaker.EndpointLogs(endpointsDir))
+	srv.Handle("logs", logs)
 	srv.CertificateServed(certs.Leaf())
 	switch c := certs.(type) {
 	case *pki.Rotator:
@@ -259,7 +276,11 @@ func trainingRunner(o Options, addr *net.TCPAddr, caBundle string, tokens *sts.S
 		return nil
 	}
 	// Jobs of a previous run were marked Failed when the API opened; what
-	// their containers left behind goes now.
+	// their containers (and, should any survive, their mesh agents) left
+	// behind goes now.
+	if n, err := mesh.KillStrays(filepath.Join(o.DataDir, "executor")); n > 0 || err != nil {
+		log.Warn("killed mesh agents left by an earlier convoy", "agents", n, "err", err)
+	}
 	if err := exec.Reap(nil); err != nil {
 		log.Warn("reap leftover training containers", "err", err)
 	}
@@ -291,7 +312,7 @@ func trainingRunner(o Options, addr *net.TCPAddr, caBundle string, tokens *sts.S
 		Executor: exec, Images: store, Creds: tokens, Dir: mkdir(o.DataDir, "jobs"),
 		Endpoint: "https://" + host, HTTP: &http.Client{Transport: tr},
 		Listen: listen, CAPEM: caPEM, Region: o.Region, StopGrace: o.StopGrace, Log: log,
-		Volumes: volume.Gocryptfs{},
+		Volumes: volume.Gocryptfs{}, Mesh: meshSupervisor(o, log),
 	}
 	if err := volume.Check(); err != nil {
 		log.Warn("training and processing jobs will fail until this is fixed", "err", err)
@@ -300,6 +321,20 @@ func trainingRunner(o Options, addr *net.TCPAddr, caBundle string, tokens *sts.S
 		log.Warn("remove what interrupted training jobs left", "err", err)
 	}
 	return runner
+}
+
+// modelHost runs endpoints with the training runner's executor, or is nil
+// (CreateEndpoint then refuses, saying why) when there is none.
+func modelHost(runner sagemaker.Runner, dir string, log *slog.Logger) sagemaker.ModelHost {
+	lr, ok := runner.(*sagemaker.LocalRunner)
+	if !ok || lr == nil {
+		return nil
+	}
+	host := &sagemaker.LocalModelHost{Runner: lr, Dir: dir}
+	if err := host.Tidy(); err != nil {
+		log.Warn("remove what interrupted endpoints left", "err", err)
+	}
+	return host
 }
 
 func certSource(o Options, pkiDir string, names []string) (pki.CertSource, string, error) {

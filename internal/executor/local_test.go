@@ -958,3 +958,65 @@ func BenchmarkStart(b *testing.B) {
 		})
 	}
 }
+
+// TestExpose: the caller connects to a host's exposed port (a model
+// server's 8080) but not to a port that is not exposed, and the hosts still
+// reach nothing of the caller's.
+func TestExpose(t *testing.T) {
+	needRunc(t)
+	_, loop, loopHits := listen(t, "127.0.0.1:0")
+	inputs := map[string]string{"algo-1": t.TempDir(), "algo-2": t.TempDir()}
+	spec := baseSpec(t, "script", "/opt/ml/input/go")
+	spec.Hosts = 2
+	spec.Expose = []uint16{8080}
+	spec.Mounts = func(host string) []Mount {
+		return []Mount{{Source: inputs[host], Destination: "/opt/ml/input", ReadOnly: true}}
+	}
+	j := start(t, spec)
+	_, gw, gwHits := listen(t, netip.AddrPortFrom(bridgeAddr(t, j), 0).String())
+	reach := fmt.Sprintf("reach %s %s %s\n", gw, loop, ContainerAddr(loop))
+	// algo-1 serves the exposed port, then lets algo-2 go; algo-2 serves a
+	// port that is not exposed.
+	for host, script := range map[string]string{
+		"algo-1": reach + "serve 8080\ndial algo-2:9090 bye\n",
+		"algo-2": reach + "serve 9090\n",
+	} {
+		if err := writeScript(filepath.Join(inputs[host], "go"), script); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitLog(t, spec, "algo-1", "serving [::]:8080")
+	waitLog(t, spec, "algo-2", "serving [::]:9090")
+	addrs := j.Addrs()
+	if len(addrs) != 2 || addrs["algo-1"] != hostAddrOf(j.m.Subnet, 0) {
+		t.Fatalf("Addrs %v", addrs)
+	}
+	if c, err := net.DialTimeout("tcp4", netip.AddrPortFrom(addrs["algo-2"], 9090).String(), 2*time.Second); err == nil {
+		c.Close()
+		t.Error("the caller connected to a port that is not exposed")
+	}
+	c, err := net.DialTimeout("tcp4", netip.AddrPortFrom(addrs["algo-1"], 8080).String(), 5*time.Second)
+	if err != nil {
+		t.Fatalf("the caller cannot connect to the exposed port: %v", err)
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(c, "from-the-caller\n")
+	line, err := bufio.NewReader(c).ReadString('\n')
+	c.Close()
+	if line != "echo from-the-caller\n" {
+		t.Fatalf("exposed port answered %q %v", line, err)
+	}
+	for _, r := range wait(t, j, 30*time.Second) {
+		if r.ExitCode != 0 || r.Err != nil {
+			t.Errorf("result %+v", r)
+		}
+	}
+	for _, host := range j.Hosts() {
+		wantLines(t, readLog(t, spec, host), fmt.Sprintf("reach %s fail", gw), fmt.Sprintf("reach %s fail", loop),
+			fmt.Sprintf("reach %s fail", ContainerAddr(loop)))
+	}
+	wantLines(t, readLog(t, spec, "algo-2"), `served "bye" from`)
+	if loopHits.Load() != 0 || gwHits.Load() != 0 {
+		t.Errorf("hosts connected to the caller: loopback %d, bridge %d", loopHits.Load(), gwHits.Load())
+	}
+}

@@ -1,7 +1,8 @@
 // Package pki is convoy's certificate authority: it keeps the CA key at rest
 // (mode 0600), issues short-lived server and client certificates, issues
-// per-purpose sub-CAs (training jobs, edge devices), and renews the serving
-// certificate before it expires (see Rotator).
+// per-purpose sub-CAs (edge devices), creates ephemeral CAs that live only in
+// memory (one per distributed job, see NewEphemeralCA), and renews the
+// serving certificate before it expires (see Rotator).
 //
 // It is written on crypto/x509 directly: the job is small (one CA, a handful of
 // templates) and a full CA server such as step-ca would be a second daemon to
@@ -21,6 +22,7 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"time"
@@ -56,7 +58,7 @@ func LoadOrCreateCA(dir, commonName string) (*CA, error) {
 	path := filepath.Join(dir, caFile)
 	ca, err := LoadCA(path, path)
 	if errors.Is(err, os.ErrNotExist) {
-		ca, err = newRootCA(commonName)
+		ca, err = newRootCA(commonName, caLifetime, false)
 		if err != nil {
 			return nil, err
 		}
@@ -127,7 +129,19 @@ func (ca *CA) Pool() *x509.CertPool {
 	return pool
 }
 
-func newRootCA(commonName string) (*CA, error) {
+// NewEphemeralCA creates a root CA that exists only in the caller's memory
+// and may sign leaf certificates only (no sub-CAs): the trust anchor of one
+// distributed job's hosts. Nothing of it is written anywhere; dropping the
+// returned value discards its key, after which no further certificate can
+// ever chain to it.
+func NewEphemeralCA(commonName string, lifetime time.Duration) (*CA, error) {
+	if lifetime <= 0 {
+		return nil, errors.New("ephemeral CA: lifetime must be positive")
+	}
+	return newRootCA(commonName, lifetime, true)
+}
+
+func newRootCA(commonName string, lifetime time.Duration, leavesOnly bool) (*CA, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
@@ -137,11 +151,14 @@ func newRootCA(commonName string) (*CA, error) {
 		SerialNumber:          randomSerial(),
 		Subject:               pkix.Name{CommonName: commonName, Organization: []string{"convoy"}},
 		NotBefore:             now.Add(-backdate),
-		NotAfter:              now.Add(caLifetime),
+		NotAfter:              now.Add(lifetime),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
 		MaxPathLen:            1, // root → per-purpose sub-CA → leaf
+	}
+	if leavesOnly {
+		tmpl.MaxPathLen, tmpl.MaxPathLenZero = 0, true
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
@@ -165,7 +182,10 @@ const (
 type LeafRequest struct {
 	CommonName string
 	// Names are DNS names or IP addresses for the SAN extension.
-	Names    []string
+	Names []string
+	// URIs are URI SANs: identities that are neither host names nor
+	// addresses (convoy://job/<job>/host/<host> for a job's host).
+	URIs     []*url.URL
 	Purpose  Purpose
 	Lifetime time.Duration
 	// Key is the subject's public key; nil generates a new P-256 key that is
@@ -215,6 +235,7 @@ func (ca *CA) Issue(req LeafRequest) (*tls.Certificate, error) {
 			tmpl.DNSNames = append(tmpl.DNSNames, n)
 		}
 	}
+	tmpl.URIs = req.URIs
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, pub, ca.Key)
 	if err != nil {
 		return nil, fmt.Errorf("issue certificate for %q: %w", req.CommonName, err)

@@ -192,6 +192,9 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "StopProcessingJob":
 		out, err = s.stopProcessingJob(r, p, body)
 	default:
+		out, err = s.serveHosting(op, r, p, body)
+	}
+	if errors.Is(err, errUnknownOperation) {
 		err = awsproto.Errorf(http.StatusBadRequest, "UnknownOperationException", "operation SageMaker.%s is not supported by this convoy", op)
 	}
 	if err != nil {
@@ -245,9 +248,8 @@ func (s *Service) createTrainingJob(r *http.Request, p *iam.Principal, body []by
 	if s.runner == nil {
 		return nil, validation("this convoy has no job executor configured, so it cannot run training jobs")
 	}
-	if req.EnableInterContainerTrafficEncryption && req.ResourceConfig.InstanceCount > 1 {
-		// Refused rather than run in clear: see the inter-node encryption issue.
-		return nil, validation("EnableInterContainerTrafficEncryption with InstanceCount > 1 is not available in this convoy yet; it will not run such a job unencrypted")
+	if err := s.checkInterContainerEncryption(req.EnableInterContainerTrafficEncryption, req.ResourceConfig.InstanceCount, "EnableInterContainerTrafficEncryption"); err != nil {
+		return nil, err
 	}
 	if v, ok := s.runner.(Validator); ok {
 		if err := v.Validate(ctx, &req); err != nil {

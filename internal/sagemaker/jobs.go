@@ -1,6 +1,8 @@
 // Package sagemaker serves the SageMaker control-plane API (awsJson1_1,
-// X-Amz-Target: SageMaker.*) for training jobs: validation, iam:PassRole,
-// the job record and its status state machine. Running a job is the
+// X-Amz-Target: SageMaker.*) for training and processing jobs, and for
+// models, endpoint configurations and endpoints (endpoints.go; the
+// invocations themselves are internal/runtime's): validation, iam:PassRole,
+// the records and their status state machines. Running a job is the
 // Runner's business (staging data, the executor, uploading the model);
 // this package records what the runner reports as SageMaker's
 // TrainingJobStatus / SecondaryStatus transitions, and survives restarts
@@ -118,12 +120,18 @@ type Service struct {
 	running map[string]context.CancelCauseFunc
 	wg      sync.WaitGroup
 	baseCtx context.Context
+	hosting hosting // models, endpoint configurations, endpoints: endpoints.go
+	// requireICE: see RequireInterContainerEncryption (internode.go).
+	requireICE bool
 }
 
 // Open migrates the tables and settles jobs a previous run left unfinished.
 // runner may be nil: then CreateTrainingJob refuses with a clear message.
 func Open(ctx context.Context, db *state.DB, store *iam.Store, region string, runner Runner, log *slog.Logger) (*Service, error) {
 	if err := db.Migrate(ctx, "sagemaker", migrations); err != nil {
+		return nil, err
+	}
+	if err := db.Migrate(ctx, "sagemaker-hosting", hostingMigrations); err != nil {
 		return nil, err
 	}
 	s := &Service{db: db, iam: store, region: region, log: log, runner: runner, running: map[string]context.CancelCauseFunc{}, baseCtx: ctx}

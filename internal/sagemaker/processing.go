@@ -364,8 +364,8 @@ func (s *Service) createProcessingJob(r *http.Request, p *iam.Principal, body []
 	if s.runner == nil || !ok {
 		return nil, validation("this convoy has no job executor configured, so it cannot run processing jobs")
 	}
-	if nc.EnableInterContainerTrafficEncryption && cc.InstanceCount > 1 {
-		return nil, validation("EnableInterContainerTrafficEncryption with InstanceCount > 1 is not available in this convoy yet; it will not run such a job unencrypted")
+	if err := s.checkInterContainerEncryption(nc.EnableInterContainerTrafficEncryption, cc.InstanceCount, "NetworkConfig.EnableInterContainerTrafficEncryption"); err != nil {
+		return nil, err
 	}
 	if v, ok := s.runner.(ProcessingValidator); ok {
 		if err := v.ValidateProcessing(ctx, &req); err != nil {

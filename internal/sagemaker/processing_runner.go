@@ -42,6 +42,9 @@ func (r *LocalRunner) ValidateProcessing(_ context.Context, req *CreateProcessin
 	if _, err := r.Images.Resolve(req.AppSpecification.ImageUri); err != nil {
 		return validation("ImageUri %q cannot be used: %v", req.AppSpecification.ImageUri, err)
 	}
+	if nc := req.NetworkConfig; nc != nil {
+		return r.validateMesh(nc.EnableInterContainerTrafficEncryption, req.ProcessingResources.ClusterConfig.InstanceCount)
+	}
 	return nil
 }
 
@@ -82,6 +85,9 @@ func (r *LocalRunner) RunProcessing(ctx context.Context, job *ProcessingJob, sta
 		j.removeWork()
 	}()
 	stoppedEarly := func() ProcessingOutcome {
+		if errors.As(context.Cause(ctx), new(*jobFailure)) {
+			return procFailed("%s", failureOf(ctx))
+		}
 		if errors.Is(context.Cause(ctx), ErrStopRequested) {
 			return ProcessingOutcome{Status: Stopped}
 		}
@@ -165,6 +171,11 @@ func (r *LocalRunner) RunProcessing(ctx context.Context, job *ProcessingJob, sta
 	if network.EnableNetworkIsolation {
 		spec.Network, spec.Allow = executor.Isolated, nil
 	}
+	if network.EnableInterContainerTrafficEncryption && len(j.hosts) > 1 {
+		var done func()
+		ctx, done = j.withMesh(ctx, &spec, time.Duration(maxRT)*time.Second)
+		defer done()
+	}
 	ex, err := r.Executor.Start(ctx, spec)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -184,6 +195,10 @@ func (r *LocalRunner) RunProcessing(ctx context.Context, job *ProcessingJob, sta
 	switch stopped {
 	case "shutdown":
 		return procFailed("convoy stopped while this job was running; its containers were stopped with it. Start the job again under a new name.")
+	case stoppedFailed:
+		o := procFailed("%s", failureOf(ctx))
+		o.ExitMessage = msg
+		return o
 	case "MaxRuntimeExceeded":
 		o := procFailed("MaxRuntimeExceeded: the job ran longer than StoppingCondition.MaxRuntimeInSeconds (%d s) and was stopped", maxRT)
 		o.ExitMessage = msg

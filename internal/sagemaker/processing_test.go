@@ -85,10 +85,6 @@ func TestProcessingValidation(t *testing.T) {
 		{"output outside", func(j map[string]any) { output(j)["LocalPath"] = "/tmp/out" }, "LocalPath"},
 		{"continuous", func(j map[string]any) { output(j)["S3UploadMode"] = "Continuous" }, "S3UploadMode"},
 		{"overlap", func(j map[string]any) { output(j)["LocalPath"] = "/opt/ml/processing/input/data/out" }, "overlap"},
-		{"ICE on 2 hosts", func(j map[string]any) {
-			j["NetworkConfig"] = map[string]any{"EnableInterContainerTrafficEncryption": true}
-			j["ProcessingResources"].(map[string]any)["ClusterConfig"].(map[string]any)["InstanceCount"] = 2
-		}, "unencrypted"},
 	} {
 		status, out := e.call("CreateProcessingJob", e.processingJob("p1", tc.mod), e.admin)
 		if status != 400 || out["__type"] != "ValidationException" || !strings.Contains(out["message"].(string), tc.msg) {

@@ -35,6 +35,7 @@ import (
 	"convoy/internal/executor"
 	"convoy/internal/iam"
 	"convoy/internal/images"
+	"convoy/internal/mesh"
 )
 
 // RoleCredentials mints temporary credentials for a role on behalf of the
@@ -76,6 +77,10 @@ type LocalRunner struct {
 	// model, output). Required: a job without one fails rather than leave
 	// its data in plaintext on disk.
 	Volumes Volumes
+	// Mesh carries the traffic between the hosts of jobs that ask for
+	// inter-container traffic encryption (internode.go). Nil: such jobs
+	// with more than one instance are refused.
+	Mesh *mesh.Supervisor
 	// StopGrace is how long a host has between SIGTERM and SIGKILL when a
 	// job is stopped or runs out of time (SageMaker: 120 s).
 	StopGrace time.Duration
@@ -98,6 +103,9 @@ const (
 func (r *LocalRunner) Validate(_ context.Context, req *CreateTrainingJobRequest) error {
 	if _, err := r.Images.Resolve(req.AlgorithmSpecification.TrainingImage); err != nil {
 		return validation("TrainingImage %q cannot be used: %v", req.AlgorithmSpecification.TrainingImage, err)
+	}
+	if err := r.validateMesh(req.EnableInterContainerTrafficEncryption, req.ResourceConfig.InstanceCount); err != nil {
+		return err
 	}
 	for _, c := range req.InputDataConfig {
 		if c.CompressionType != "" && c.CompressionType != "None" {
@@ -132,6 +140,11 @@ type Volumes interface {
 // bytes that only this process holds. Either way the key is never written
 // down; the volume is deleted when the job ends.
 func (j *jobRun) mountVolume(ctx context.Context, kmsKeyID string, sizeGB int, kc *kms.Client) (string, bool) {
+	return j.mountVolumeAt(ctx, volumeDir, kmsKeyID, sizeGB, kc)
+}
+
+// mountVolumeAt is mountVolume with the volume at j.dir/name.
+func (j *jobRun) mountVolumeAt(ctx context.Context, name, kmsKeyID string, sizeGB int, kc *kms.Client) (string, bool) {
 	if j.r.Volumes == nil {
 		return "InternalServerError: this convoy has no encrypted volumes configured; it runs no job with plaintext storage", false
 	}
@@ -141,7 +154,7 @@ func (j *jobRun) mountVolume(ctx context.Context, kmsKeyID string, sizeGB int, k
 	} else {
 		out, err := kc.GenerateDataKey(ctx, &kms.GenerateDataKeyInput{
 			KeyId: aws.String(kmsKeyID), KeySpec: kmstypes.DataKeySpecAes256,
-			EncryptionContext: map[string]string{"aws:sagemaker:job-arn": j.job.ARN},
+			EncryptionContext: map[string]string{"aws:sagemaker:resource": j.job.ARN},
 		})
 		if err != nil {
 			return fmt.Sprintf("ClientError: VolumeKmsKeyId %s cannot be used with the job's role: %s", kmsKeyID, s3Error(err)), false
@@ -149,7 +162,7 @@ func (j *jobRun) mountVolume(ctx context.Context, kmsKeyID string, sizeGB int, k
 		key = out.Plaintext
 	}
 	defer clear(key)
-	base := filepath.Join(j.dir, volumeDir)
+	base := filepath.Join(j.dir, name)
 	if err := os.MkdirAll(j.dir, 0o700); err != nil {
 		return fmt.Sprintf("InternalServerError: job directory: %v", err), false
 	}
@@ -311,6 +324,11 @@ func (r *LocalRunner) Run(ctx context.Context, job *Job, report Reporter) (out O
 		// SageMaker, where isolated containers cannot make outbound calls.
 		spec.Network, spec.Allow = executor.Isolated, nil
 	}
+	if req.EnableInterContainerTrafficEncryption && len(j.hosts) > 1 {
+		var done func()
+		ctx, done = j.withMesh(ctx, &spec, time.Duration(req.StoppingCondition.MaxRuntimeInSeconds)*time.Second)
+		defer done()
+	}
 	ex, err := r.Executor.Start(ctx, spec)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -329,6 +347,8 @@ func (r *LocalRunner) Run(ctx context.Context, job *Job, report Reporter) (out O
 	switch {
 	case stopped == "shutdown":
 		return failed("convoy stopped while this job was running; its containers were stopped with it. Start the job again under a new name.")
+	case stopped == stoppedFailed:
+		return failed("%s", failureOf(ctx))
 	case stopped != "":
 		end = Outcome{Status: Stopped, Secondary: stopped}
 	default:
@@ -361,6 +381,9 @@ func sessionName(job string) string {
 }
 
 func (j *jobRun) stoppedBeforeTraining(ctx context.Context) Outcome {
+	if errors.As(context.Cause(ctx), new(*jobFailure)) {
+		return failed("%s", failureOf(ctx))
+	}
 	if errors.Is(context.Cause(ctx), ErrStopRequested) {
 		return Outcome{Status: Stopped, Secondary: Stopped}
 	}
@@ -806,13 +829,18 @@ func (j *jobRun) wait(ctx context.Context, ex executor.Job) (results []executor.
 	}
 	select {
 	case w := <-done:
+		if errors.As(context.Cause(ctx), new(*jobFailure)) {
+			return j.resultsOf(w.res, w.err), stoppedFailed // the hosts failed because of it
+		}
 		return j.resultsOf(w.res, w.err), ""
 	case <-limit.C:
 		stopped = "MaxRuntimeExceeded"
 		j.report(Stopping, "Training job runtime exceeded MaxRuntimeInSeconds provided; stopping it")
 	case <-ctx.Done():
 		stopped = Stopped
-		if !errors.Is(context.Cause(ctx), ErrStopRequested) {
+		if errors.As(context.Cause(ctx), new(*jobFailure)) {
+			stopped = stoppedFailed
+		} else if !errors.Is(context.Cause(ctx), ErrStopRequested) {
 			stopped, grace = "shutdown", min(grace, shutdownGrace)
 		}
 	}

@@ -150,10 +150,6 @@ func TestValidation(t *testing.T) {
 			j["InputDataConfig"].([]any)[0].(map[string]any)["DataSource"] = map[string]any{"S3DataSource": map[string]any{"S3DataType": "S3Prefix", "S3Uri": "s3:/nope"}}
 		}, "ValidationException", "S3Uri"},
 		{"no runtime", func(j map[string]any) { delete(j, "StoppingCondition") }, "ValidationException", "MaxRuntimeInSeconds"},
-		{"ICE on 2 hosts", func(j map[string]any) {
-			j["EnableInterContainerTrafficEncryption"] = true
-			j["ResourceConfig"].(map[string]any)["InstanceCount"] = 2
-		}, "ValidationException", "unencrypted"},
 	} {
 		status, out := e.call("CreateTrainingJob", e.job("j1", tc.mod), e.admin)
 		if status != 400 || out["__type"] != tc.code || !strings.Contains(out["message"].(string), tc.msg) {

@@ -14,7 +14,10 @@ const maxTags = 50
 func (s *Service) taggable(r *http.Request, arn string) error {
 	var one int
 	err := s.db.QueryRowContext(r.Context(), `SELECT 1 FROM sm_training_jobs WHERE arn = ?
-		UNION ALL SELECT 1 FROM sm_processing_jobs WHERE arn = ? LIMIT 1`, arn, arn).Scan(&one)
+		UNION ALL SELECT 1 FROM sm_processing_jobs WHERE arn = ?
+		UNION ALL SELECT 1 FROM sm_models WHERE arn = ?
+		UNION ALL SELECT 1 FROM sm_endpoint_configs WHERE arn = ?
+		UNION ALL SELECT 1 FROM sm_endpoints WHERE arn = ? LIMIT 1`, arn, arn, arn, arn, arn).Scan(&one)
 	if isNoRows(err) {
 		return notFound("Requested resource not found: %s", arn)
 	}

@@ -96,7 +96,13 @@ func New(cfg Config) *Server {
 	return s
 }
 
-// Handle registers the handler of a signing service ("s3", "iam", …).
+// RuntimeService is the name under which to Handle the SageMaker Runtime:
+// it signs as "sagemaker", like the control plane, and is told apart by its
+// restJson1 paths (/endpoints/…).
+const RuntimeService = "sagemaker-runtime"
+
+// Handle registers the handler of a signing service ("s3", "iam", …) or of
+// RuntimeService.
 func (s *Server) Handle(service string, h http.Handler) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -151,8 +157,12 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 	if info := requestInfoFrom(r.Context()); info != nil {
 		info.caller = s.cfg.Auth.Caller(r)
 	}
+	name := service
+	if service == "sagemaker" && proto == awsproto.RestJSON {
+		name = RuntimeService // the runtime signs as sagemaker too
+	}
 	s.mu.RLock()
-	h := s.services[service]
+	h := s.services[name]
 	s.mu.RUnlock()
 	if h != nil {
 		h.ServeHTTP(w, r)

@@ -163,15 +163,15 @@ func (v *Verifier) verifyAuthenticated(r *http.Request, a *authInfo, ps []param,
 		return nil, err
 	}
 	var body []byte
+	var bodySum [sha256.Size]byte
 	if buffer {
-		if body, err = v.readBody(r); err != nil {
+		if body, bodySum, err = v.readBody(r); err != nil {
 			return nil, err
 		}
 	}
 	signedHash := ph
 	if ph == "" {
-		sum := sha256.Sum256(body)
-		signedHash = hex.EncodeToString(sum[:])
+		signedHash = hex.EncodeToString(bodySum[:])
 	}
 	key := v.keys.signingKey(secret, cred.date, cred.region, cred.service)
 	if err := checkSignature(r, a, ps, wirePath, key, signedHash); err != nil {
@@ -193,10 +193,10 @@ func (v *Verifier) verifyAuthenticated(r *http.Request, a *authInfo, ps []param,
 		src = http.NoBody
 	}
 	if buffer {
-		if ph != "" && !hashEqual(ph, sha256Sum(body)) {
+		if ph != "" && !hashEqual(ph, bodySum[:]) {
 			return nil, errorf(PayloadHashMismatch, "the provided x-amz-content-sha256 does not match what was computed")
 		}
-		res.Body = bufferedBody{bytes.NewReader(body), src}
+		res.Body = bufferedBody{bytes.NewReader(body), body, src}
 		res.DecodedContentLength = int64(len(body))
 		return res, nil
 	}
@@ -436,27 +436,51 @@ func (v *Verifier) maxBuffered() int64 {
 	return 32 << 20
 }
 
-// readBody reads the whole body, up to MaxBufferedBody.
-func (v *Verifier) readBody(r *http.Request) ([]byte, *Error) {
+// readBody reads the whole body, up to MaxBufferedBody, and returns it
+// with its SHA-256. It hashes as it reads, so that for a large body the
+// hashing overlaps the client's sending instead of following it.
+func (v *Verifier) readBody(r *http.Request) ([]byte, [sha256.Size]byte, *Error) {
+	var sum [sha256.Size]byte
 	limit := v.maxBuffered()
 	if r.Body == nil || r.Body == http.NoBody {
-		return nil, nil
+		return nil, sha256.Sum256(nil), nil
 	}
 	if r.ContentLength > limit {
-		return nil, errorf(BodyTooLarge, "the request body is larger than the limit")
+		return nil, sum, errorf(BodyTooLarge, "the request body is larger than the limit")
+	}
+	h := sha256.New()
+	if n := r.ContentLength; n > 0 {
+		// One allocation of the right size: io.ReadAll would grow (and
+		// zero and copy) its way up, which costs more than the hash for
+		// megabyte bodies. net/http ends the body at Content-Length.
+		b := make([]byte, n)
+		off := 0
+		for off < len(b) {
+			m, err := r.Body.Read(b[off:])
+			h.Write(b[off : off+m])
+			off += m
+			if err == io.EOF {
+				break // a short body: its signature does not match
+			}
+			if err != nil {
+				return nil, sum, &Error{Kind: Internal, Msg: "reading the request body failed", cause: err}
+			}
+		}
+		h.Sum(sum[:0])
+		return b[:off], sum, nil
 	}
 	b, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
-			return nil, errorf(BodyTooLarge, "the request body is larger than the limit")
+			return nil, sum, errorf(BodyTooLarge, "the request body is larger than the limit")
 		}
-		return nil, &Error{Kind: Internal, Msg: "reading the request body failed", cause: err}
+		return nil, sum, &Error{Kind: Internal, Msg: "reading the request body failed", cause: err}
 	}
 	if int64(len(b)) > limit {
-		return nil, errorf(BodyTooLarge, "the request body is larger than the limit")
+		return nil, sum, errorf(BodyTooLarge, "the request body is larger than the limit")
 	}
-	return b, nil
+	return b, sha256.Sum256(b), nil
 }
 
 func buildCanonicalRequest(r *http.Request, uri string, ps []param, presigned bool, cred *credential, payloadHash string) []byte {
@@ -564,10 +588,16 @@ func headerChecksum(r *http.Request) (*checksum, *Error) {
 // bufferedBody is a body Verify has read; Close closes the original.
 type bufferedBody struct {
 	*bytes.Reader
+	buf  []byte
 	orig io.Closer
 }
 
 func (b bufferedBody) Close() error { return b.orig.Close() }
+
+// Bytes returns the whole body without reading it, so that a handler that
+// needs it in memory (the runtime router) does not copy it again. The
+// caller must not modify it.
+func (b bufferedBody) Bytes() []byte { return b.buf }
 
 // verifyingBody passes a body through, hashing it, and at io.EOF compares
 // the SHA-256 with x-amz-content-sha256 and the checksum with its header.

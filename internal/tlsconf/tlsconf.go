@@ -15,12 +15,17 @@
 //
 // Certificates are always served through GetCertificate, so that a renewed
 // leaf is picked up by the next handshake without a restart.
+//
+// The tunnels between the hosts of a distributed job (internal/mesh) take
+// theirs from MeshClient and MeshServer: TLS 1.3 only, mutual
+// authentication against the job's own CA, the profile's groups.
 package tlsconf
 
 import (
 	"crypto/fips140"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -226,5 +231,79 @@ func Probe(serverName string, minVersion, maxVersion uint16, suites []uint16, gr
 		CipherSuites:       suites,
 		CurvePreferences:   groups,
 		InsecureSkipVerify: true, // verification is done by the caller on the returned chain
+	}
+}
+
+// MeshALPN names the protocol spoken on inter-node tunnels, so that a
+// tunnel endpoint cannot be mistaken for any other TLS service.
+const MeshALPN = "convoy-mesh/1"
+
+// MeshOptions are the identity of one host of a distributed job and how it
+// judges its peers.
+type MeshOptions struct {
+	// Certificate is this host's certificate, with its chain.
+	Certificate *tls.Certificate
+	// Roots holds the job's own CA: the only issuer either end trusts.
+	Roots *x509.CertPool
+	// Verify runs once the peer's chain has been verified against Roots:
+	// it checks which host of the job the certificate names and, on the
+	// server side, that the connection comes from that host's address.
+	Verify func(tls.ConnectionState) error
+}
+
+// MeshClient returns the configuration a host of a distributed job dials a
+// peer's tunnel with; peerAddr is the peer's IP address, which its
+// certificate must carry. See MeshServer.
+func MeshClient(p Profile, peerAddr string, o MeshOptions) *tls.Config {
+	cfg := meshConfig(p, o)
+	cfg.RootCAs = o.Roots
+	cfg.ServerName = peerAddr
+	cert := o.Certificate
+	cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
+	return cfg
+}
+
+// MeshServer returns the configuration a host of a distributed job accepts
+// its peers' tunnels with.
+//
+// Both ends are convoy, so the mesh needs no compatibility: TLS 1.3 only,
+// mutual authentication against the job's CA only, the profile's key
+// exchange groups (the fips profile: P-256 based, and only AES-GCM suites,
+// checked after the handshake), no session tickets (every tunnel is fully
+// authenticated, and nothing follows the handshake on the wire but the
+// tunnel's own records), and ALPN MeshALPN.
+func MeshServer(p Profile, o MeshOptions) *tls.Config {
+	cfg := meshConfig(p, o)
+	cfg.ClientCAs = o.Roots
+	cfg.ClientAuth = tls.RequireAndVerifyClientCert
+	cfg.SessionTicketsDisabled = true
+	cert := o.Certificate
+	cfg.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cert, nil }
+	return cfg
+}
+
+func meshConfig(p Profile, o MeshOptions) *tls.Config {
+	pol := p.Policy()
+	verify := o.Verify
+	return &tls.Config{
+		MinVersion:       tls.VersionTLS13,
+		MaxVersion:       tls.VersionTLS13,
+		CurvePreferences: pol.Groups,
+		NextProtos:       []string{MeshALPN},
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if cs.Version != tls.VersionTLS13 {
+				return fmt.Errorf("mesh tunnel negotiated %s, want TLS 1.3", tls.VersionName(cs.Version))
+			}
+			if !slices.Contains(pol.TLS13Suites, cs.CipherSuite) {
+				return fmt.Errorf("mesh tunnel negotiated %s, which the %s profile does not allow", tls.CipherSuiteName(cs.CipherSuite), p)
+			}
+			if cs.NegotiatedProtocol != MeshALPN {
+				return fmt.Errorf("mesh tunnel peer does not speak %s", MeshALPN)
+			}
+			if verify == nil {
+				return errors.New("mesh tunnel: no peer verification configured")
+			}
+			return verify(cs)
+		},
 	}
 }

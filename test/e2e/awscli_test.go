@@ -19,7 +19,7 @@ func TestAWSCLIReachesConvoyOverTLS(t *testing.T) {
 				args []string
 				code string
 			}{
-				{[]string{"sagemaker", "list-models"}, "(UnknownOperationException)"},
+				{[]string{"sagemaker", "list-notebook-instances"}, "(UnknownOperationException)"},
 				{[]string{"iam", "list-groups"}, "(InvalidAction)"},
 				{[]string{"s3api", "get-bucket-acl", "--bucket", "nothing"}, "(NotImplemented)"},
 			} {
@@ -41,7 +41,7 @@ func TestAWSCLIReachesConvoyOverTLS(t *testing.T) {
 import os, boto3, botocore.exceptions as e
 s = boto3.client("sagemaker", endpoint_url=os.environ["CONVOY_ENDPOINT"])
 try:
-    s.list_models()
+    s.list_notebook_instances()
     print("RESULT")
 except e.ClientError as err:
     print("CODE", err.response["Error"]["Code"], err.response["ResponseMetadata"]["RequestId"])

@@ -20,8 +20,9 @@ import (
 // Under GODEBUG=fips140=only, where Go's crypto makes any non-approved
 // algorithm an error, convoy up --fips serves the whole API with both CLIs:
 // STS, IAM, KMS, S3 with and without SSE-KMS (the MD5 ETag and Content-MD5
-// go through internal/fipsexempt), and a training job from staging to the
-// SSE-KMS model upload. testssl sees only approved suites and groups.
+// go through internal/fipsexempt), a training job from staging to the
+// SSE-KMS model upload, and that model deployed to an endpoint and invoked
+// through the runtime router. testssl sees only approved suites and groups.
 func TestFIPSOnlyEndToEnd(t *testing.T) {
 	c := harness.Start(t, harness.Options{Args: []string{"--fips", "--training-stop-grace", "5s"}, Env: []string{"GODEBUG=fips140=only"}})
 	if c.Env["CONVOY_FIPS_ENDPOINT"] != c.Env["CONVOY_ENDPOINT"] || c.Env["CONVOY_TLS_PROFILE"] != "fips" {
@@ -124,6 +125,43 @@ func TestFIPSOnlyEndToEnd(t *testing.T) {
 		if str(head, "ServerSideEncryption") != "aws:kms" {
 			t.Fatalf("model.tar.gz: %v", head)
 		}
+
+		// Deploy the trained model and invoke it through the router.
+		model := writeFile(t, filepath.Join(t.TempDir(), "model.json"), mustJSON(map[string]any{
+			"ModelName": "fips-model", "ExecutionRoleArn": role,
+			"PrimaryContainer": map[string]any{"Image": "trainer:1", "ModelDataUrl": "s3://output/models/fips-train/output/model.tar.gz"}}))
+		awsJSON(t, c, cli, []string{"sagemaker", "create-model", "--cli-input-json", "file://" + model})
+		config := writeFile(t, filepath.Join(t.TempDir(), "config.json"), mustJSON(map[string]any{
+			"EndpointConfigName": "fips-config", "KmsKeyId": key,
+			"ProductionVariants": []any{map[string]any{"VariantName": "primary", "ModelName": "fips-model",
+				"InitialInstanceCount": 1, "InstanceType": "ml.m5.large", "InitialVariantWeight": 1}}}))
+		awsJSON(t, c, cli, []string{"sagemaker", "create-endpoint-config", "--cli-input-json", "file://" + config})
+		awsJSON(t, c, cli, []string{"sagemaker", "create-endpoint", "--endpoint-name", "fips-endpoint", "--endpoint-config-name", "fips-config"})
+		deadline = time.Now().Add(2 * time.Minute)
+		for {
+			d := awsJSON(t, c, cli, []string{"sagemaker", "describe-endpoint", "--endpoint-name", "fips-endpoint"})
+			if s := str(d, "EndpointStatus"); s != "Creating" {
+				if s != "InService" {
+					t.Fatalf("fips-endpoint: %v", d)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("fips-endpoint not InService within 2 minutes")
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		in := writeFile(t, filepath.Join(t.TempDir(), "in.csv"), []byte("1,2\n3,4\n"))
+		outFile := filepath.Join(t.TempDir(), "out.json")
+		for _, tool := range []string{"aws", "/usr/bin/aws"} {
+			out := awsJSON(t, c, harness.Tool(t, tool), []string{"sagemaker-runtime", "invoke-endpoint", "--endpoint-name", "fips-endpoint",
+				"--body", "fileb://" + in, "--content-type", "text/csv", outFile})
+			b, _ := os.ReadFile(outFile)
+			if str(out, "InvokedProductionVariant") != "primary" || !strings.Contains(string(b), `"rows":2`) {
+				t.Fatalf("%s invoke-endpoint: %v %s", tool, out, b)
+			}
+		}
+		awsJSON(t, c, cli, []string{"sagemaker", "delete-endpoint", "--endpoint-name", "fips-endpoint"})
 	})
 
 	t.Run("testssl", func(t *testing.T) {

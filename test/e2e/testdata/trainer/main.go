@@ -10,6 +10,9 @@
 //	sleep     wait for SIGTERM, write model/terminated, exit 0
 //	pair      algo-1 serves one connection, algo-2 dials algo-1 by name
 //	reach     try to list a bucket through AWS_ENDPOINT_URL (5 s)
+//	canary    the hosts exchange a known string over TCP and UDP (canary.go)
+//
+// Run with the argument "serve" it is an inference container (serve.go).
 //
 // Run with the arguments "process [fail]" it is a processing container
 // instead: it digests /opt/ml/processing/input/data into
@@ -48,6 +51,10 @@ var model strings.Builder
 func main() {
 	if len(os.Args) >= 2 && os.Args[1] == "process" {
 		process(os.Args[2:])
+		return
+	}
+	if len(os.Args) == 2 && os.Args[1] == "serve" {
+		serve()
 		return
 	}
 	if len(os.Args) != 2 || os.Args[1] != "train" {
@@ -119,6 +126,8 @@ func main() {
 		}
 	case "reach":
 		fmt.Fprintf(&model, "reach=%s\n", get(hps["probe_allowed"], 5*time.Second))
+	case "canary":
+		canary(rc.CurrentHost, hps)
 	default:
 		fail("unknown mode " + hps["mode"])
 	}

@@ -1,0 +1,543 @@
+// Package runtime measures InvokeEndpoint through convoy's runtime router
+// against calling the model container directly, in the same run, on the
+// same container:
+//
+//   - convoy: POST /endpoints/bench/invocations over TLS (tlsconf.Modern,
+//     HTTP/1.1 keep-alive), SigV4-signed per request with the admin key as
+//     an AWS SDK signs it (the payload's SHA-256 included);
+//   - direct: POST http://<container>:8080/invocations from this process,
+//     which runs in convoy's network namespace, over plain HTTP keep-alive.
+//
+// The container is the trainer image in "serve" mode with SERVE_MODE=echo:
+// it answers every invocation with its body, so a 1 MiB payload crosses
+// each hop twice. Two workloads per payload size (1 KiB, 1 MiB): latency,
+// one request at a time (p50, p99), and throughput, several goroutines
+// (requests/s). Rounds alternate the targets (ABBA) so that drift in the
+// load of the shared machine falls on both.
+//
+//	CONVOY_BENCH=1 go test -run Ratio -v -count=1 ./bench/runtime/   # the side-by-side figures
+//	go test -run '^$' -bench InProcess -cpuprofile cpu.out ./bench/runtime/   # where convoy's time goes
+//	bench/runtime/run.sh                                              # both, as RESULTS.md quotes them
+//
+// Plain `go test ./bench/runtime/` measures nothing. It needs root and runc,
+// as convoy's executor does.
+package runtime
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	goruntime "runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+
+	"convoy/internal/daemon"
+	"convoy/internal/tlsconf"
+	"convoy/test/e2e/harness"
+)
+
+const endpointName = "bench"
+
+// target is one way to invoke the model.
+type target struct {
+	name string
+	pid  int // the server process whose CPU is counted (convoy), 0: none
+	do   func(ctx context.Context, body []byte) error
+}
+
+// env is a running convoy with the bench endpoint in service.
+type env struct {
+	c         *harness.Convoy
+	container netip.AddrPort // the instance's port 8080
+	cpid      int            // the container's server process
+	convoy    *target
+	direct    *target
+}
+
+func needBench(t *testing.T) {
+	t.Helper()
+	if testing.Short() || os.Getenv("CONVOY_BENCH") == "" {
+		t.Skip("set CONVOY_BENCH=1 to run the side-by-side measurement")
+	}
+	t.Logf("CPU  %d CPUs, GOMAXPROCS %d, load %s, %s", goruntime.NumCPU(), goruntime.GOMAXPROCS(0), loadavg(), goruntime.Version())
+}
+
+func loadavg() string {
+	data, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(data))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// setup deploys the echo model on c and returns both targets.
+func setup(tb testing.TB, c *harness.Convoy, pid int) *env {
+	tb.Helper()
+	img := harness.GoImage(tb, "../../test/e2e/testdata/trainer", "trainer")
+	if out, err := exec.Command(harness.Binary(tb), "images", "import", "--data", c.DataDir, img, "trainer:1").CombinedOutput(); err != nil {
+		tb.Fatalf("images import: %v\n%s", err, out)
+	}
+	cli := harness.Tool(tb, "aws")
+	for _, args := range [][]string{
+		{"sagemaker", "create-model", "--model-name", "echo", "--enable-network-isolation",
+			"--primary-container", `{"Image":"trainer:1","Environment":{"SERVE_MODE":"echo"}}`},
+		{"sagemaker", "create-endpoint-config", "--endpoint-config-name", "echo", "--production-variants",
+			`[{"VariantName":"AllTraffic","ModelName":"echo","InitialInstanceCount":1,"InstanceType":"ml.m5.large"}]`},
+		{"sagemaker", "create-endpoint", "--endpoint-name", endpointName, "--endpoint-config-name", "echo"},
+	} {
+		if r := c.AWS(tb, cli, args); r.Err != nil {
+			tb.Fatalf("aws %v: %v\n%s", args, r.Err, r.Stderr)
+		}
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		r := c.AWS(tb, cli, []string{"sagemaker", "describe-endpoint", "--endpoint-name", endpointName, "--query", "EndpointStatus", "--output", "text"})
+		if s := strings.TrimSpace(r.Stdout); s == "InService" {
+			break
+		} else if s != "Creating" || time.Now().After(deadline) {
+			tb.Fatalf("endpoint: %s %v %s", s, r.Err, r.Stderr)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	e := &env{c: c}
+	e.container, e.cpid = instance(tb, c.DataDir)
+	e.convoy = &target{name: "convoy", pid: pid, do: e.viaConvoy(tb)}
+	e.direct = &target{name: "direct", do: e.directly()}
+	for _, tg := range []*target{e.convoy, e.direct} {
+		for _, n := range []int{1 << 10, 1 << 20} {
+			if err := tg.do(context.Background(), payload(n)); err != nil {
+				tb.Fatalf("%s, %d bytes: %v", tg.name, n, err)
+			}
+		}
+	}
+	return e
+}
+
+// instance finds the endpoint's one container in the executor's state: its
+// address (host .2 of the job's /24) and the pid of its process.
+func instance(tb testing.TB, dataDir string) (netip.AddrPort, int) {
+	tb.Helper()
+	jobs, _ := filepath.Glob(filepath.Join(dataDir, "executor", "jobs", "ep-*", "job.json"))
+	if len(jobs) != 1 {
+		tb.Fatalf("want one endpoint container, found %v", jobs)
+	}
+	var m struct {
+		Subnet netip.Prefix `json:"subnet"`
+	}
+	b, err := os.ReadFile(jobs[0])
+	if err == nil {
+		err = json.Unmarshal(b, &m)
+	}
+	if err != nil {
+		tb.Fatal(err)
+	}
+	a := m.Subnet.Addr().As4()
+	a[3] = 2
+	pidb, err := os.ReadFile(filepath.Join(filepath.Dir(jobs[0]), "algo-1", "pid"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(pidb)))
+	return netip.AddrPortFrom(netip.AddrFrom4(a), 8080), pid
+}
+
+// payload is n pseudo-random bytes, the same for every call with n.
+func payload(n int) []byte {
+	b := make([]byte, n)
+	rand.NewChaCha8([32]byte{'r', 't'}).Read(b)
+	return b
+}
+
+// viaConvoy invokes through the router as an SDK does: TLS 1.3, HTTP/1.1
+// keep-alive, each request signed with its payload hash.
+func (e *env) viaConvoy(tb testing.TB) func(context.Context, []byte) error {
+	host, _, _ := strings.Cut(e.c.Addr, ":")
+	tr := &http.Transport{TLSClientConfig: tlsconf.Client(tlsconf.Modern, e.c.CAPool(tb), host),
+		MaxIdleConnsPerHost: 64, WriteBufferSize: 64 << 10, ReadBufferSize: 64 << 10}
+	tb.Cleanup(tr.CloseIdleConnections)
+	client := &http.Client{Transport: tr, Timeout: time.Minute}
+	creds := aws.Credentials{AccessKeyID: e.c.Env["AWS_ACCESS_KEY_ID"], SecretAccessKey: e.c.Env["AWS_SECRET_ACCESS_KEY"]}
+	region := e.c.Env["AWS_DEFAULT_REGION"]
+	signer := v4.NewSigner()
+	u := e.c.Endpoint + "/endpoints/" + endpointName + "/invocations"
+	return func(ctx context.Context, body []byte) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Content-Type", "application/octet-stream")
+		sum := sha256.Sum256(body)
+		if err := signer.SignHTTP(ctx, creds, req, hex.EncodeToString(sum[:]), "sagemaker", region, time.Now()); err != nil {
+			return err
+		}
+		return roundTrip(client, req, len(body))
+	}
+}
+
+// directly invokes the container as the router does, from the same
+// namespace, without TLS or signature.
+func (e *env) directly() func(context.Context, []byte) error {
+	tr := &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 64, DisableCompression: true,
+		WriteBufferSize: 64 << 10, ReadBufferSize: 64 << 10}
+	client := &http.Client{Transport: tr, Timeout: time.Minute}
+	u := "http://" + e.container.String() + "/invocations"
+	return func(ctx context.Context, body []byte) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Content-Type", "application/octet-stream")
+		return roundTrip(client, req, len(body))
+	}
+}
+
+// roundTrip sends req and checks that the echo came back whole.
+func roundTrip(client *http.Client, req *http.Request, n int) error {
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	got, err := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK || got != int64(n) {
+		return fmt.Errorf("status %s, %d bytes back of %d", resp.Status, got, n)
+	}
+	return nil
+}
+
+// result is one round of one workload on one target.
+type result struct {
+	ops      int64
+	elapsed  time.Duration
+	lat      []time.Duration // latency rounds: every request's
+	server   time.Duration   // CPU of the server process (convoy), -1 unknown
+	model    time.Duration   // CPU of the container's process
+	client   time.Duration   // CPU of this process
+	others   time.Duration   // CPU the rest of the machine used: the noise
+	firstErr error
+}
+
+func (r result) perSec() float64 { return float64(r.ops) / r.elapsed.Seconds() }
+
+func (r result) pct(p float64) time.Duration {
+	s := slices.Sorted(slices.Values(r.lat))
+	if len(s) == 0 {
+		return 0
+	}
+	return s[min(len(s)-1, int(p*float64(len(s))))]
+}
+
+// run calls tg.do with body from workers goroutines for d, timing each
+// request when workers is 1.
+func run(tg *target, cpid, workers int, d time.Duration, body []byte) result {
+	ctx := context.Background()
+	s0, m0, c0, b0 := procCPU(tg.pid), procCPU(cpid), selfCPU(), machineBusy()
+	var ops atomic.Int64
+	var mu sync.Mutex
+	var lat []time.Duration
+	var firstErr error
+	start := time.Now()
+	deadline := start.Add(d)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			var mine []time.Duration
+			for time.Now().Before(deadline) {
+				t0 := time.Now()
+				if err := tg.do(ctx, body); err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+					return
+				}
+				if workers == 1 {
+					mine = append(mine, time.Since(t0))
+				}
+				ops.Add(1)
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	r := result{ops: ops.Load(), elapsed: time.Since(start), lat: lat, firstErr: firstErr, client: selfCPU() - c0, server: -1, model: -1}
+	if tg.pid != 0 {
+		r.server = procCPU(tg.pid) - s0
+	}
+	if cpid != 0 {
+		r.model = procCPU(cpid) - m0
+	}
+	r.others = machineBusy() - b0 - r.client - max(r.server, 0) - max(r.model, 0)
+	return r
+}
+
+// machineBusy is the CPU time all CPUs have spent busy since boot (user,
+// nice, system, irq, softirq, steal in /proc/stat).
+func machineBusy() time.Duration {
+	data, _ := os.ReadFile("/proc/stat")
+	line, _, _ := bytes.Cut(data, []byte("\n"))
+	f := strings.Fields(string(line))
+	if len(f) < 9 {
+		return 0
+	}
+	var busy int64
+	for _, i := range []int{1, 2, 3, 6, 7, 8} {
+		v, _ := strconv.ParseInt(f[i], 10, 64)
+		busy += v
+	}
+	return time.Duration(busy) * 10 * time.Millisecond
+}
+
+// share is the part of the machine r.others used, in percent.
+func (r result) share() float64 {
+	return 100 * r.others.Seconds() / (r.elapsed.Seconds() * float64(goruntime.NumCPU()))
+}
+
+// procCPU is the user+system CPU time of process pid (10 ms resolution).
+func procCPU(pid int) time.Duration {
+	if pid == 0 {
+		return 0
+	}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	i := bytes.LastIndexByte(data, ')')
+	f := strings.Fields(string(data[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	s, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(u+s) * 10 * time.Millisecond
+}
+
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func settings(t *testing.T) (rounds int, roundTime time.Duration, workers int) {
+	rounds, roundTime, workers = 5, 3*time.Second, 8
+	if v, err := strconv.Atoi(os.Getenv("CONVOY_BENCH_ROUNDS")); err == nil && v > 0 {
+		rounds = v
+	}
+	if v, err := time.ParseDuration(os.Getenv("CONVOY_BENCH_ROUND_TIME")); err == nil && v > 0 {
+		roundTime = v
+	}
+	if v, err := strconv.Atoi(os.Getenv("CONVOY_BENCH_WORKERS")); err == nil && v > 0 {
+		workers = v
+	}
+	return
+}
+
+func median(v []float64) float64 {
+	s := slices.Sorted(slices.Values(v))
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+
+// TestRuntimeRatio is the side-by-side measurement RESULTS.md quotes. It
+// asserts no figure: only a failed invocation fails it.
+func TestRuntimeRatio(t *testing.T) {
+	needBench(t)
+	rounds, roundTime, workers := settings(t)
+	c := harness.Start(t, harness.Options{})
+	t.Cleanup(func() { c.Stop() }) // stops the endpoint's container before the data directory goes
+	pid, _ := strconv.Atoi(c.Env["CONVOY_PID"])
+	e := setup(t, c, pid)
+	t.Logf("container %s (pid %d), convoy pid %d; %d rounds of %s, throughput with %d goroutines", e.container, e.cpid, pid, rounds, roundTime, workers)
+	for _, size := range []int{1 << 10, 1 << 20} {
+		body := payload(size)
+		label := map[int]string{1 << 10: "1KiB", 1 << 20: "1MiB"}[size]
+		for _, kind := range []string{"latency", "throughput"} {
+			w := 1
+			if kind == "throughput" {
+				w = workers
+			}
+			res := map[string][]result{}
+			for round := range rounds {
+				order := []*target{e.convoy, e.direct}
+				if round%2 == 1 {
+					slices.Reverse(order)
+				}
+				for _, tg := range order {
+					r := run(tg, e.cpid, w, roundTime, body)
+					if r.firstErr != nil {
+						t.Fatalf("%s %s %s round %d: %v", label, kind, tg.name, round+1, r.firstErr)
+					}
+					res[tg.name] = append(res[tg.name], r)
+					t.Logf("round %d %-6s %-4s %-10s %8.0f req/s  p50 %7.0fµs  p99 %7.0fµs  CPU/op: convoy %s, model %s, client %s; others %.0f%%",
+						round+1, tg.name, label, kind, r.perSec(), us(r.pct(0.5)), us(r.pct(0.99)), perOp(r.server, r), perOp(r.model, r), perOp(r.client, r), r.share())
+				}
+			}
+			summarize(t, label, kind, res)
+		}
+	}
+}
+
+func perOp(d time.Duration, r result) string {
+	if d < 0 || r.ops == 0 {
+		return "?"
+	}
+	return fmt.Sprintf("%.0fµs", us(d)/float64(r.ops))
+}
+
+// summarize logs the medians over rounds and convoy against direct.
+func summarize(t *testing.T, label, kind string, res map[string][]result) {
+	t.Helper()
+	med := func(name string, f func(result) float64) float64 {
+		var v []float64
+		for _, r := range res[name] {
+			v = append(v, f(r))
+		}
+		return median(v)
+	}
+	cpu := func(name string, f func(result) time.Duration) float64 {
+		return med(name, func(r result) float64 { return us(f(r)) / float64(r.ops) })
+	}
+	server := func(r result) time.Duration { return r.server }
+	model := func(r result) time.Duration { return r.model }
+	client := func(r result) time.Duration { return r.client }
+	if kind == "latency" {
+		p50c, p50d := med("convoy", func(r result) float64 { return us(r.pct(0.5)) }), med("direct", func(r result) float64 { return us(r.pct(0.5)) })
+		p99c, p99d := med("convoy", func(r result) float64 { return us(r.pct(0.99)) }), med("direct", func(r result) float64 { return us(r.pct(0.99)) })
+		verdict := "met"
+		if p50c-p50d > 500 {
+			verdict = fmt.Sprintf("MISSED by %.0fµs", p50c-p50d-500)
+		}
+		t.Logf("RESULT %s latency: p50 convoy %.0fµs direct %.0fµs (added %.0fµs; goal <= 500µs: %s), p99 convoy %.0fµs direct %.0fµs",
+			label, p50c, p50d, p50c-p50d, verdict, p99c, p99d)
+	} else {
+		rc, rd := med("convoy", result.perSec), med("direct", result.perSec)
+		verdict := "met"
+		if rc/rd < 0.7 {
+			verdict = "MISSED"
+		}
+		t.Logf("RESULT %s throughput: convoy %.0f req/s, direct %.0f req/s, convoy/direct %.2f (goal >= 0.70: %s)", label, rc, rd, rc/rd, verdict)
+	}
+	t.Logf("CPU    %s %s per invocation: convoy process %.0fµs; model %.0fµs via convoy, %.0fµs direct; client %.0fµs via convoy, %.0fµs direct",
+		label, kind, cpu("convoy", server), cpu("convoy", model), cpu("direct", model), cpu("convoy", client), cpu("direct", client))
+}
+
+// startInProcess runs daemon.Run, as `convoy up` does, inside this process
+// so that -cpuprofile sees convoy's frames (with the client's, which are
+// easy to tell apart).
+func startInProcess(tb testing.TB) *harness.Convoy {
+	tb.Helper()
+	dir := filepath.Join(tb.TempDir(), "data")
+	logFile, err := os.Create(filepath.Join(tb.TempDir(), "convoy.log"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- daemon.Run(ctx, daemon.Options{
+			DataDir: dir, Listen: "127.0.0.1:0", Profile: tlsconf.Modern, Region: "us-east-1",
+			CertLifetime: 24 * time.Hour, ShutdownTimeout: 5 * time.Second,
+			Logger: slog.New(slog.NewTextHandler(logFile, nil)), Stdout: io.Discard,
+		})
+	}()
+	tb.Cleanup(func() {
+		cancel()
+		<-done
+		logFile.Close()
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		select {
+		case err := <-done:
+			tb.Fatalf("in-process convoy stopped: %v", err)
+		default:
+		}
+		if env, err := harness.ParseEnvFile(filepath.Join(dir, daemon.EnvFile)); err == nil && env["CONVOY_ENDPOINT"] != "" {
+			u, err := url.Parse(env["CONVOY_ENDPOINT"])
+			if err != nil {
+				tb.Fatal(err)
+			}
+			return &harness.Convoy{DataDir: dir, Env: env, Endpoint: env["CONVOY_ENDPOINT"], Addr: u.Host, CABundle: env["AWS_CA_BUNDLE"]}
+		}
+		if time.Now().After(deadline) {
+			tb.Fatal("in-process convoy did not write convoy.env within 30s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// BenchmarkInProcess invokes the echo model through an in-process convoy,
+// one request at a time, for profiles:
+//
+//	go test -run '^$' -bench 'InProcess/1KiB' -benchtime 20000x -cpuprofile cpu.out ./bench/runtime/
+func BenchmarkInProcess(b *testing.B) {
+	e := setup(b, startInProcess(b), 0)
+	for _, size := range []int{1 << 10, 1 << 20} {
+		body := payload(size)
+		b.Run(map[int]string{1 << 10: "1KiB", 1 << 20: "1MiB"}[size], func(b *testing.B) {
+			b.SetBytes(int64(size))
+			for b.Loop() {
+				if err := e.convoy.do(context.Background(), body); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkInvoke: one request at a time against `convoy up` and the
+// container directly, for benchstat.
+func BenchmarkInvoke(b *testing.B) {
+	c := harness.Start(b, harness.Options{})
+	b.Cleanup(func() { c.Stop() })
+	pid, _ := strconv.Atoi(c.Env["CONVOY_PID"])
+	e := setup(b, c, pid)
+	for _, size := range []int{1 << 10, 1 << 20} {
+		body := payload(size)
+		for _, tg := range []*target{e.convoy, e.direct} {
+			b.Run(fmt.Sprintf("%s/%s", map[int]string{1 << 10: "1KiB", 1 << 20: "1MiB"}[size], tg.name), func(b *testing.B) {
+				b.SetBytes(int64(size))
+				for b.Loop() {
+					if err := tg.do(context.Background(), body); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}
