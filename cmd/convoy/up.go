@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -13,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"convoy/internal/daemon"
+	"convoy/internal/logbuf"
 	"convoy/internal/tlsconf"
 )
 
@@ -60,7 +62,11 @@ identifiers that S3 fixes, isolated in internal/fipsexempt.`,
 			if o.CertLifetime < 2*time.Second {
 				return fmt.Errorf("--cert-lifetime %s is too short", o.CertLifetime)
 			}
-			log, err := newLogger(logLevel, logFormat)
+			// Log lines are batched (at most 20 ms) rather than written one
+			// write(2) each; Close writes the rest at exit.
+			logOut := logbuf.New(os.Stderr)
+			defer logOut.Close()
+			log, err := newLogger(logLevel, logFormat, logOut)
 			if err != nil {
 				return err
 			}
@@ -97,7 +103,7 @@ identifiers that S3 fixes, isolated in internal/fipsexempt.`,
 	return cmd
 }
 
-func newLogger(level, format string) (*slog.Logger, error) {
+func newLogger(level, format string, out io.Writer) (*slog.Logger, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("--log-level %q: %w", level, err)
@@ -105,9 +111,9 @@ func newLogger(level, format string) (*slog.Logger, error) {
 	opts := &slog.HandlerOptions{Level: l}
 	switch strings.ToLower(format) {
 	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+		return slog.New(slog.NewJSONHandler(out, opts)), nil
 	case "text":
-		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+		return slog.New(slog.NewTextHandler(out, opts)), nil
 	}
 	return nil, fmt.Errorf("--log-format %q: choose json or text", format)
 }
