@@ -3,19 +3,11 @@ package api
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
-	"net/url"
-	"os"
-	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
-	"convoy/internal/daemon"
-	"convoy/internal/tlsconf"
 	"convoy/test/e2e/harness"
 )
 
@@ -30,55 +22,11 @@ import (
 //
 // The side-by-side figures come from the real binary (harness.Start) only.
 
-// startInProcess runs convoy in this process until the test ends. Its log
-// goes to a file, as text, as the harness asks of the binary.
-func startInProcess(tb testing.TB) *harness.Convoy {
-	tb.Helper()
-	dir := filepath.Join(tb.TempDir(), "data")
-	logFile, err := os.Create(filepath.Join(tb.TempDir(), "convoy.log"))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- daemon.Run(ctx, daemon.Options{
-			DataDir: dir, Listen: "127.0.0.1:0", Profile: tlsconf.Modern, Region: "us-east-1",
-			CertLifetime: 24 * time.Hour, ShutdownTimeout: 5 * time.Second,
-			Logger: slog.New(slog.NewTextHandler(logFile, nil)), Stdout: io.Discard,
-		})
-	}()
-	tb.Cleanup(func() {
-		cancel()
-		<-done
-		logFile.Close()
-	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		select {
-		case err := <-done:
-			tb.Fatalf("in-process convoy stopped: %v", err)
-		default:
-		}
-		if env, err := harness.ParseEnvFile(filepath.Join(dir, daemon.EnvFile)); err == nil && env["CONVOY_ENDPOINT"] != "" {
-			u, err := url.Parse(env["CONVOY_ENDPOINT"])
-			if err != nil {
-				tb.Fatal(err)
-			}
-			return &harness.Convoy{DataDir: dir, Env: env, Endpoint: env["CONVOY_ENDPOINT"], Addr: u.Host, CABundle: env["AWS_CA_BUNDLE"]}
-		}
-		if time.Now().After(deadline) {
-			tb.Fatal("in-process convoy did not write convoy.env within 30s")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // BenchmarkInProcess runs the workloads against an in-process convoy, for
 // profiles. Its figures are not comparable with the others': client and
 // server share one Go runtime.
 func BenchmarkInProcess(b *testing.B) {
-	c := startInProcess(b)
+	c := harness.StartInProcess(b)
 	e := newEnv(b, c, 0)
 	e.prepare(b)
 	conv := e.targets[0]

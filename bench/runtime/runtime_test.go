@@ -31,11 +31,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -52,7 +50,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 
-	"convoy/internal/daemon"
 	"convoy/internal/tlsconf"
 	"convoy/test/e2e/harness"
 )
@@ -456,57 +453,12 @@ func summarize(t *testing.T, label, kind string, res map[string][]result) {
 		label, kind, cpu("convoy", server), cpu("convoy", model), cpu("direct", model), cpu("convoy", client), cpu("direct", client))
 }
 
-// startInProcess runs daemon.Run, as `convoy up` does, inside this process
-// so that -cpuprofile sees convoy's frames (with the client's, which are
-// easy to tell apart).
-func startInProcess(tb testing.TB) *harness.Convoy {
-	tb.Helper()
-	dir := filepath.Join(tb.TempDir(), "data")
-	logFile, err := os.Create(filepath.Join(tb.TempDir(), "convoy.log"))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- daemon.Run(ctx, daemon.Options{
-			DataDir: dir, Listen: "127.0.0.1:0", Profile: tlsconf.Modern, Region: "us-east-1",
-			CertLifetime: 24 * time.Hour, ShutdownTimeout: 5 * time.Second,
-			Logger: slog.New(slog.NewTextHandler(logFile, nil)), Stdout: io.Discard,
-		})
-	}()
-	tb.Cleanup(func() {
-		cancel()
-		<-done
-		logFile.Close()
-	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		select {
-		case err := <-done:
-			tb.Fatalf("in-process convoy stopped: %v", err)
-		default:
-		}
-		if env, err := harness.ParseEnvFile(filepath.Join(dir, daemon.EnvFile)); err == nil && env["CONVOY_ENDPOINT"] != "" {
-			u, err := url.Parse(env["CONVOY_ENDPOINT"])
-			if err != nil {
-				tb.Fatal(err)
-			}
-			return &harness.Convoy{DataDir: dir, Env: env, Endpoint: env["CONVOY_ENDPOINT"], Addr: u.Host, CABundle: env["AWS_CA_BUNDLE"]}
-		}
-		if time.Now().After(deadline) {
-			tb.Fatal("in-process convoy did not write convoy.env within 30s")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // BenchmarkInProcess invokes the echo model through an in-process convoy,
 // one request at a time, for profiles:
 //
 //	go test -run '^$' -bench 'InProcess/1KiB' -benchtime 20000x -cpuprofile cpu.out ./bench/runtime/
 func BenchmarkInProcess(b *testing.B) {
-	e := setup(b, startInProcess(b), 0)
+	e := setup(b, harness.StartInProcess(b), 0)
 	for _, size := range []int{1 << 10, 1 << 20} {
 		body := payload(size)
 		b.Run(map[int]string{1 << 10: "1KiB", 1 << 20: "1MiB"}[size], func(b *testing.B) {

@@ -33,10 +33,24 @@ type Env map[string]string
 // ReadEnv reads DATA/convoy.env; it exists only while convoy runs.
 func ReadEnv(dataDir string) (Env, error) {
 	path := filepath.Join(dataDir, "convoy.env")
-	f, err := os.Open(path)
+	env, err := ParseEnvFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("no convoy is running on %s (%s is missing): start it with `convoy up --data %s`", dataDir, path, dataDir)
 	}
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range []string{"CONVOY_ENDPOINT", "AWS_CA_BUNDLE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"} {
+		if env[k] == "" {
+			return nil, fmt.Errorf("%s lacks %s", path, k)
+		}
+	}
+	return env, nil
+}
+
+// ParseEnvFile reads the export lines of a convoy.env file.
+func ParseEnvFile(path string) (Env, error) {
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
@@ -54,15 +68,7 @@ func ReadEnv(dataDir string) (Env, error) {
 		}
 		env[name] = unquote(value)
 	}
-	if err := sc.Err(); err != nil {
-		return nil, err
-	}
-	for _, k := range []string{"CONVOY_ENDPOINT", "AWS_CA_BUNDLE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"} {
-		if env[k] == "" {
-			return nil, fmt.Errorf("%s lacks %s", path, k)
-		}
-	}
-	return env, nil
+	return env, sc.Err()
 }
 
 // unquote undoes the shell single quoting convoy up writes ('it'\”s').

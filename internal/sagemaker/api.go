@@ -310,9 +310,7 @@ func (s *Service) describeTrainingJob(r *http.Request, p *iam.Principal, body []
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]any{}
-	json.Unmarshal([]byte(j.request), &out)
-	delete(out, "Tags")
+	out := describeOf(j.request, nil)
 	out["TrainingJobArn"] = j.arn
 	out["TrainingJobStatus"] = j.status
 	out["SecondaryStatus"] = j.secondary

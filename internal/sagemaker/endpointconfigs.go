@@ -143,7 +143,7 @@ func (s *Service) createEndpointConfig(r *http.Request, p *iam.Principal, body [
 		return nil, err
 	}
 	for _, v := range req.ProductionVariants {
-		if _, _, _, err := s.loadModel(ctx, v.ModelName); err != nil {
+		if _, _, err := s.loadModel(ctx, v.ModelName); err != nil {
 			return nil, err
 		}
 	}
@@ -160,20 +160,9 @@ func (s *Service) createEndpointConfig(r *http.Request, p *iam.Principal, body [
 	return map[string]string{"EndpointConfigArn": arn}, nil
 }
 
-func (s *Service) loadEndpointConfig(ctx context.Context, name string) (*CreateEndpointConfigRequest, string, string, error) {
-	var raw, arn, created string
-	err := s.db.QueryRowContext(ctx, `SELECT request, arn, created FROM sm_endpoint_configs WHERE name = ?`, name).Scan(&raw, &arn, &created)
-	if isNoRows(err) {
-		return nil, "", "", validation("Could not find endpoint configuration %q.", s.endpointConfigARN(name))
-	}
-	if err != nil {
-		return nil, "", "", err
-	}
-	var req CreateEndpointConfigRequest
-	if err := json.Unmarshal([]byte(raw), &req); err != nil {
-		return nil, "", "", fmt.Errorf("endpoint configuration %s: stored request: %w", name, err)
-	}
-	return &req, arn, created, nil
+func (s *Service) loadEndpointConfig(ctx context.Context, name string) (*CreateEndpointConfigRequest, stored, error) {
+	return loadStored[CreateEndpointConfigRequest](ctx, s, "sm_endpoint_configs", name,
+		validation("Could not find endpoint configuration %q.", s.endpointConfigARN(name)))
 }
 
 func (s *Service) describeEndpointConfig(r *http.Request, p *iam.Principal, body []byte) (any, error) {
@@ -184,17 +173,11 @@ func (s *Service) describeEndpointConfig(r *http.Request, p *iam.Principal, body
 	if err := s.iam.Authorize(r.Context(), p, "sagemaker:DescribeEndpointConfig", s.endpointConfigARN(req.EndpointConfigName), nil); err != nil {
 		return nil, err
 	}
-	c, arn, created, err := s.loadEndpointConfig(r.Context(), req.EndpointConfigName)
+	_, st, err := s.loadEndpointConfig(r.Context(), req.EndpointConfigName)
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]any{}
-	raw, _ := json.Marshal(c)
-	json.Unmarshal(raw, &out)
-	delete(out, "Tags")
-	out["EndpointConfigArn"] = arn
-	out["CreationTime"] = epoch(created)
-	return out, nil
+	return describeOf(st.raw, map[string]any{"EndpointConfigArn": st.arn, "CreationTime": epoch(st.created)}), nil
 }
 
 func (s *Service) deleteEndpointConfig(r *http.Request, p *iam.Principal, body []byte) (any, error) {

@@ -324,13 +324,13 @@ func newDeploymentID() string {
 // deployment resolves an endpoint configuration and its models into what
 // to run.
 func (s *Service) deployment(ctx context.Context, endpoint, configName string) (*Deployment, error) {
-	cfg, _, _, err := s.loadEndpointConfig(ctx, configName)
+	cfg, _, err := s.loadEndpointConfig(ctx, configName)
 	if err != nil {
 		return nil, err
 	}
 	d := &Deployment{ID: newDeploymentID(), Endpoint: endpoint, ConfigName: cfg.EndpointConfigName}
 	for _, v := range cfg.ProductionVariants {
-		m, _, _, err := s.loadModel(ctx, v.ModelName)
+		m, _, err := s.loadModel(ctx, v.ModelName)
 		if err != nil {
 			return nil, err
 		}

@@ -184,20 +184,42 @@ func (s *Service) putTags(ctx context.Context, arn string, tags []Tag) {
 }
 
 // loadModel returns a model's request and ARN.
-func (s *Service) loadModel(ctx context.Context, name string) (*CreateModelRequest, string, string, error) {
-	var raw, arn, created string
-	err := s.db.QueryRowContext(ctx, `SELECT request, arn, created FROM sm_models WHERE name = ?`, name).Scan(&raw, &arn, &created)
+func (s *Service) loadModel(ctx context.Context, name string) (*CreateModelRequest, stored, error) {
+	return loadStored[CreateModelRequest](ctx, s, "sm_models", name, validation("Could not find model %q.", s.modelARN(name)))
+}
+
+// stored is a resource's row as Describe needs it: the request it was
+// created with (JSON) and when.
+type stored struct{ raw, arn, created string }
+
+// loadStored reads the request a resource named name was created with from
+// table (a constant: sm_models, sm_endpoint_configs), or notFound.
+func loadStored[T any](ctx context.Context, s *Service, table, name string, notFound error) (*T, stored, error) {
+	var st stored
+	err := s.db.QueryRowContext(ctx, `SELECT request, arn, created FROM `+table+` WHERE name = ?`, name).Scan(&st.raw, &st.arn, &st.created)
 	if isNoRows(err) {
-		return nil, "", "", validation("Could not find model %q.", s.modelARN(name))
+		return nil, st, notFound
 	}
 	if err != nil {
-		return nil, "", "", err
+		return nil, st, err
 	}
-	var req CreateModelRequest
-	if err := json.Unmarshal([]byte(raw), &req); err != nil {
-		return nil, "", "", fmt.Errorf("model %s: stored request: %w", name, err)
+	var req T
+	if err := json.Unmarshal([]byte(st.raw), &req); err != nil {
+		return nil, st, fmt.Errorf("%s %s: stored request: %w", table, name, err)
 	}
-	return &req, arn, created, nil
+	return &req, st, nil
+}
+
+// describeOf is a Describe answer: the stored request without its Tags
+// (ListTags serves them), plus fields.
+func describeOf(request string, fields map[string]any) map[string]any {
+	out := map[string]any{}
+	json.Unmarshal([]byte(request), &out)
+	delete(out, "Tags")
+	for k, v := range fields {
+		out[k] = v
+	}
+	return out
 }
 
 func (s *Service) describeModel(r *http.Request, p *iam.Principal, body []byte) (any, error) {
@@ -208,17 +230,11 @@ func (s *Service) describeModel(r *http.Request, p *iam.Principal, body []byte) 
 	if err := s.iam.Authorize(r.Context(), p, "sagemaker:DescribeModel", s.modelARN(req.ModelName), nil); err != nil {
 		return nil, err
 	}
-	m, arn, created, err := s.loadModel(r.Context(), req.ModelName)
+	_, st, err := s.loadModel(r.Context(), req.ModelName)
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]any{}
-	raw, _ := json.Marshal(m)
-	json.Unmarshal(raw, &out)
-	delete(out, "Tags")
-	out["ModelArn"] = arn
-	out["CreationTime"] = epoch(created)
-	return out, nil
+	return describeOf(st.raw, map[string]any{"ModelArn": st.arn, "CreationTime": epoch(st.created)}), nil
 }
 
 func (s *Service) deleteModel(r *http.Request, p *iam.Principal, body []byte) (any, error) {

@@ -417,9 +417,7 @@ func (s *Service) describeProcessingJob(r *http.Request, p *iam.Principal, body 
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]any{}
-	json.Unmarshal([]byte(j.request), &out)
-	delete(out, "Tags")
+	out := describeOf(j.request, nil)
 	out["ProcessingJobArn"] = j.arn
 	out["ProcessingJobStatus"] = j.status
 	out["CreationTime"] = epoch(j.created)

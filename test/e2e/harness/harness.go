@@ -5,7 +5,6 @@
 package harness
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/x509"
@@ -23,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"convoy/internal/client"
 	"convoy/internal/tlsconf"
 )
 
@@ -170,27 +170,7 @@ func (c *Convoy) WaitReady(timeout time.Duration) error {
 }
 
 // ParseEnvFile reads the `export NAME='value'` lines of convoy.env.
-func ParseEnvFile(path string) (map[string]string, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	env := map[string]string{}
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for sc.Scan() {
-		line, ok := strings.CutPrefix(strings.TrimSpace(sc.Text()), "export ")
-		if !ok {
-			continue
-		}
-		name, val, ok := strings.Cut(line, "=")
-		if !ok {
-			continue
-		}
-		val = strings.TrimSuffix(strings.TrimPrefix(val, "'"), "'")
-		env[name] = strings.ReplaceAll(val, `'\''`, "'")
-	}
-	return env, sc.Err()
-}
+func ParseEnvFile(path string) (map[string]string, error) { return client.ParseEnvFile(path) }
 
 // Logs returns what convoy has printed so far.
 func (c *Convoy) Logs() string { return c.logs.String() }
