@@ -10,11 +10,12 @@ package awsproto
 
 import (
 	"context"
-	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/xml"
 	"fmt"
+	mrand "math/rand/v2"
 	"net/http"
 	"strconv"
 	"strings"
@@ -68,11 +69,26 @@ func Errorf(status int, code, format string, args ...any) *Error {
 type ctxKey struct{}
 
 // WithRequestID stores a new request ID in the context and returns it.
+//
+// The ID is a random UUID (version 4) as on AWS. It names a request in logs
+// and is no secret, so its bits come from math/rand/v2 (the runtime's
+// per-thread ChaCha8, seeded by the kernel) rather than crypto/rand: a
+// getrandom system call per request cost more than the rest of the ID and,
+// on HTTP/2's fresh per-stream goroutines, a stack growth.
 func WithRequestID(ctx context.Context) (context.Context, string) {
-	b := make([]byte, 16)
-	rand.Read(b)
-	h := hex.EncodeToString(b)
-	id := h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+	var b [16]byte
+	binary.LittleEndian.PutUint64(b[:8], mrand.Uint64())
+	binary.LittleEndian.PutUint64(b[8:], mrand.Uint64())
+	b[6] = b[6]&0x0f | 0x40 // version 4
+	b[8] = b[8]&0x3f | 0x80 // RFC 9562 variant
+	var h [36]byte
+	hex.Encode(h[0:8], b[0:4])
+	hex.Encode(h[9:13], b[4:6])
+	hex.Encode(h[14:18], b[6:8])
+	hex.Encode(h[19:23], b[8:10])
+	hex.Encode(h[24:], b[10:])
+	h[8], h[13], h[18], h[23] = '-', '-', '-', '-'
+	id := string(h[:])
 	return context.WithValue(ctx, ctxKey{}, id), id
 }
 
@@ -82,11 +98,18 @@ func RequestID(ctx context.Context) string {
 	return id
 }
 
-// SetRequestIDHeaders writes the request-ID headers every SDK looks for.
-func SetRequestIDHeaders(h http.Header, id string) {
-	h.Set("x-amzn-RequestId", id)
-	h.Set("x-amz-request-id", id)
-	h.Set("x-amz-id-2", id)
+// SetRequestIDHeaders writes the request-ID headers the SDKs look for in
+// an answer of service: S3 answers with x-amz-request-id and x-amz-id-2,
+// every other service with x-amzn-RequestId. A request no service can be
+// told for (unsigned, unknown) gets all three.
+func SetRequestIDHeaders(h http.Header, id, service string) {
+	if service != "s3" {
+		h["X-Amzn-Requestid"] = []string{id}
+	}
+	if service == "s3" || service == "" {
+		h["X-Amz-Request-Id"] = []string{id}
+		h["X-Amz-Id-2"] = []string{id}
+	}
 }
 
 // WriteError writes err in the shape of protocol p.

@@ -1,10 +1,12 @@
 package awsproto
 
 import (
+	"context"
 	"encoding/json"
 	"encoding/xml"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -124,5 +126,23 @@ func TestWriteErrorFields(t *testing.T) {
 	if w.Code != 424 || j["__type"] != "ModelError" || j["message"] != "m" || j["OriginalStatusCode"] != 415.0 || j["LogStreamArn"] != "arn:x" ||
 		w.Header().Get("Content-Type") != "application/json" || w.Header().Get("x-amzn-ErrorType") != "ModelError" {
 		t.Errorf("%d %v %v", w.Code, w.Header(), j)
+	}
+}
+
+func TestRequestIDIsUUIDv4AndUnique(t *testing.T) {
+	uuid := regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
+	seen := make(map[string]bool)
+	for range 10000 {
+		ctx, id := WithRequestID(context.Background())
+		if !uuid.MatchString(id) {
+			t.Fatalf("request ID %q is not a version-4 UUID", id)
+		}
+		if RequestID(ctx) != id {
+			t.Fatalf("RequestID(ctx) = %q, want %q", RequestID(ctx), id)
+		}
+		if seen[id] {
+			t.Fatalf("request ID %q issued twice", id)
+		}
+		seen[id] = true
 	}
 }
