@@ -56,6 +56,8 @@ type env struct {
 	bucket  string
 	kmsKey  string // key ID of the SSE-KMS key the large PUT names
 	tls     string // what the last check negotiated: version, suite, group
+	dataDir string // convoy's --data
+	pemPath string // convoy's serving key and chain, which the bare servers use
 }
 
 // setup starts convoy (harness.Start, default modern profile) and the bare
@@ -67,7 +69,8 @@ func setup(tb testing.TB) *env {
 	c := harness.Start(tb, harness.Options{})
 	pid, _ := strconv.Atoi(c.Env["CONVOY_PID"])
 	e := newEnv(tb, c, pid)
-	b := startBare(tb, filepath.Join(c.DataDir, "pki", "server.pem"))
+	pemPath := filepath.Join(c.DataDir, "pki", "server.pem")
+	b := startBare(tb, pemPath)
 	bareCfg := c.AWSConfig(tb)
 	bareCfg.BaseEndpoint = aws.String("https://" + b.addr)
 	e.targets = append(e.targets, &target{name: "bare", endpoint: "https://" + b.addr, pid: b.pid,
@@ -75,6 +78,7 @@ func setup(tb testing.TB) *env {
 			o.UsePathStyle = true
 			o.RetryMaxAttempts = 1
 		})})
+	e.dataDir, e.pemPath = c.DataDir, pemPath
 	e.prepare(tb)
 	return e
 }
