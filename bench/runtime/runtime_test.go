@@ -32,6 +32,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -50,6 +51,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 
+	"convoy/internal/executor"
 	"convoy/internal/tlsconf"
 	"convoy/test/e2e/harness"
 )
@@ -196,7 +198,10 @@ func (e *env) viaConvoy(tb testing.TB) func(context.Context, []byte) error {
 // directly invokes the container as the router does, from the same
 // namespace, without TLS or signature.
 func (e *env) directly() func(context.Context, []byte) error {
-	tr := &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 64, DisableCompression: true,
+	// Marked as the router's sockets are: the job's firewall admits no
+	// other connection to the container's port.
+	d := &net.Dialer{Timeout: 5 * time.Second, Control: executor.DialExposed}
+	tr := &http.Transport{Proxy: nil, DialContext: d.DialContext, MaxIdleConnsPerHost: 64, DisableCompression: true,
 		WriteBufferSize: 64 << 10, ReadBufferSize: 64 << 10}
 	client := &http.Client{Transport: tr, Timeout: time.Minute}
 	u := "http://" + e.container.String() + "/invocations"

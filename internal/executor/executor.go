@@ -91,7 +91,8 @@ type JobSpec struct {
 	// followed by runc's own error message if the container could not start.
 	LogDir string
 	// Expose lists TCP ports of the hosts that the caller's namespace may
-	// connect to (a model server's 8080). Nothing else may enter a host.
+	// connect to (a model server's 8080), from sockets marked with
+	// ExposeMark (DialExposed). Nothing else may enter a host.
 	Expose []uint16
 	// HostSetup, if set, runs once per host after every host's network
 	// namespace and link exist and before any container starts (inter-node

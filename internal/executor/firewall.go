@@ -25,8 +25,9 @@ import (
 //     behind the caller's address (the bridge has forwarding on).
 //
 // Nothing may enter the job network except replies and connections from
-// the caller's namespace to the hosts' exposed ports (JobSpec.Expose): the
-// caller's namespace can capture on the bridge but connect to nothing else. Drops are final in
+// the caller's namespace to the hosts' exposed ports (JobSpec.Expose) on
+// sockets marked ExposeMark: the caller's namespace can capture on the
+// bridge but connect to nothing else. Drops are final in
 // nftables whatever other tables accept, so a permissive host firewall does
 // not weaken this; a stricter one may still drop an allowed endpoint.
 type firewall struct {
@@ -36,7 +37,7 @@ type firewall struct {
 	dnat   []netip.AddrPort // loopback endpoints
 	local  []netip.AddrPort // endpoints on an address of the caller's namespace
 	remote []netip.AddrPort // endpoints reached by forwarding
-	expose []uint16         // host ports the caller's namespace may connect to
+	expose []uint16         // host ports the caller's namespace may connect to, with ExposeMark
 }
 
 func (fw *firewall) tableRef() *nftables.Table {
@@ -90,7 +91,7 @@ func (fw *firewall) install() error {
 	output := chain("output", nftables.ChainTypeFilter, nftables.ChainHookOutput, nftables.ChainPriorityFilter)
 	rule(output, concat(toJob, matchReply(), accept)...)
 	for _, p := range fw.expose {
-		rule(output, concat(toJob, matchTCPPort(2, p), accept)...)
+		rule(output, concat(toJob, matchTCPPort(2, p), matchMark(ExposeMark), accept)...)
 	}
 	rule(output, concat(toJob, drop)...)
 
@@ -187,6 +188,14 @@ func matchSrcNet(p netip.Prefix) []expr.Any {
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: make([]byte, 4)},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: p.Masked().Addr().AsSlice()},
+	}
+}
+
+// matchMark matches packets whose socket carries mark.
+func matchMark(mark uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(mark)},
 	}
 }
 

@@ -960,8 +960,9 @@ func BenchmarkStart(b *testing.B) {
 }
 
 // TestExpose: the caller connects to a host's exposed port (a model
-// server's 8080) but not to a port that is not exposed, and the hosts still
-// reach nothing of the caller's.
+// server's 8080) from a socket marked ExposeMark, but not from an unmarked
+// one and not to a port that is not exposed, and the hosts still reach
+// nothing of the caller's.
 func TestExpose(t *testing.T) {
 	needRunc(t)
 	_, loop, loopHits := listen(t, "127.0.0.1:0")
@@ -995,7 +996,14 @@ func TestExpose(t *testing.T) {
 		c.Close()
 		t.Error("the caller connected to a port that is not exposed")
 	}
-	c, err := net.DialTimeout("tcp4", netip.AddrPortFrom(addrs["algo-1"], 8080).String(), 5*time.Second)
+	// Without ExposeMark on its socket, not even the exposed port: any
+	// process of the caller's namespace could do that.
+	if c, err := net.DialTimeout("tcp4", netip.AddrPortFrom(addrs["algo-1"], 8080).String(), 2*time.Second); err == nil {
+		c.Close()
+		t.Error("an unmarked socket of the caller's namespace connected to the exposed port")
+	}
+	d := net.Dialer{Timeout: 5 * time.Second, Control: DialExposed}
+	c, err := d.Dial("tcp4", netip.AddrPortFrom(addrs["algo-1"], 8080).String())
 	if err != nil {
 		t.Fatalf("the caller cannot connect to the exposed port: %v", err)
 	}

@@ -5,8 +5,8 @@
 // one X-Amzn-SageMaker-Target-Variant names) and, within it, the instance
 // with the fewest requests in flight, and forwards the request over plain
 // HTTP to that model container's port 8080. The containers listen only in
-// their own network namespaces, on bridges that nothing but convoy's
-// namespace can reach (executor.JobSpec.Expose), so the plain hop never
+// their own network namespaces, on bridges that nothing but convoy's own
+// sockets can reach (executor.JobSpec.Expose, ExposeMark), so the plain hop never
 // crosses a network; everything a client sends or receives is inside
 // convoy's TLS.
 //
@@ -37,6 +37,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"convoy/internal/executor"
 	"convoy/internal/iam"
 )
 
@@ -246,7 +247,7 @@ func (r *Router) pool(addr netip.AddrPort) *http.Transport {
 	if tr, ok := r.pools[addr]; ok {
 		return tr
 	}
-	d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+	d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second, Control: executor.DialExposed}
 	tr := &http.Transport{
 		// A private bridge in this machine: no proxy, no TLS, no HTTP/2,
 		// no compression (the body is the model's, byte for byte).

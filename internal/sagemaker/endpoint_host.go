@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -133,7 +134,8 @@ const defaultEndpointVolumeGB = 30
 
 func (h *LocalModelHost) pingClient() *http.Client {
 	h.pingOnce.Do(func() {
-		h.ping = &http.Client{Timeout: pingTimeout, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
+		d := &net.Dialer{Timeout: pingTimeout, Control: executor.DialExposed}
+		h.ping = &http.Client{Timeout: pingTimeout, Transport: &http.Transport{Proxy: nil, DialContext: d.DialContext, DisableKeepAlives: true}}
 	})
 	return h.ping
 }

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"maps"
 	"math"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +20,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
+	"convoy/internal/executor"
 	"convoy/test/e2e/harness"
 )
 
@@ -217,6 +220,31 @@ func (e *endpointSetup) containers(t *testing.T, endpoint string) []string {
 		}
 	}
 	return ids
+}
+
+// containerAddr is the eth0 address of the runc container id, read in its
+// network namespace.
+func (e *endpointSetup) containerAddr(t *testing.T, id string) string {
+	t.Helper()
+	out, err := exec.Command("runc", "--root", filepath.Join(e.c.DataDir, "executor", "runc"), "state", id).Output()
+	if err != nil {
+		t.Fatalf("runc state %s: %v", id, err)
+	}
+	var st struct{ Pid int }
+	if err := json.Unmarshal(out, &st); err != nil || st.Pid == 0 {
+		t.Fatalf("runc state %s: %q %v", id, out, err)
+	}
+	out, err = exec.Command("nsenter", "-t", fmt.Sprint(st.Pid), "-n", "ip", "-4", "-o", "addr", "show", "dev", "eth0").Output()
+	if err != nil {
+		t.Fatalf("address of %s: %v", id, err)
+	}
+	for f := range strings.FieldsSeq(string(out)) {
+		if a, _, ok := strings.Cut(f, "/"); ok && net.ParseIP(a) != nil {
+			return a
+		}
+	}
+	t.Fatalf("no address of %s in %q", id, out)
+	return ""
 }
 
 // py runs a boto3 script with convoy's client environment and decodes the
@@ -446,6 +474,31 @@ print(json.dumps(res))
 		out := awsJSON(t, c, cli, []string{"sagemaker-runtime", "invoke-endpoint", "--endpoint-name", "ep-main", "--body", "fileb://" + in, "--content-type", "text/csv", filepath.Join(t.TempDir(), "out")})
 		if str(out, "InvokedProductionVariant") != "primary" {
 			t.Fatalf("after the replacement: %v", out)
+		}
+	})
+
+	t.Run("model port closed to other local processes", func(t *testing.T) {
+		// The container serves plain HTTP on 8080; convoy's namespace is
+		// this machine's, where any process could dial it. Only sockets
+		// with convoy's mark (which needs CAP_NET_ADMIN to set) get in.
+		ids := e.containers(t, "ep-main")
+		if len(ids) != 1 {
+			t.Fatalf("ep-main runs %v", ids)
+		}
+		addr := net.JoinHostPort(e.containerAddr(t, ids[0]), "8080")
+		if conn, err := net.DialTimeout("tcp4", addr, 2*time.Second); err == nil {
+			conn.Close()
+			t.Fatalf("an unmarked socket connected to the model container's %s", addr)
+		}
+		d := &net.Dialer{Timeout: 5 * time.Second, Control: executor.DialExposed}
+		client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: d.DialContext}}
+		resp, err := client.Get("http://" + addr + "/ping")
+		if err != nil {
+			t.Fatalf("with convoy's mark, %s: %v", addr, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET /ping with convoy's mark: %s", resp.Status)
 		}
 	})
 
