@@ -95,6 +95,7 @@ identifiers that S3 fixes, isolated in internal/fipsexempt.`,
 	f.StringVar(&o.CAKey, "ca-key", "", "private key (PEM) for --ca-cert")
 	f.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long in-flight requests may take to finish on shutdown")
 	f.DurationVar(&o.StopGrace, "training-stop-grace", 120*time.Second, "time a training container has between SIGTERM and SIGKILL when its job is stopped or exceeds MaxRuntimeInSeconds")
+	f.DurationVar(&o.EndpointHealthInterval, "endpoint-health-interval", 5*time.Second, "pause between health checks (GET /ping, 2 s timeout) of each endpoint instance in service; an instance that fails 3 in a row is taken out of the routes and replaced")
 	f.BoolVar(&o.RequireInternodeEncryption, "require-internode-encryption", false, "refuse training and processing jobs of more than one instance that do not set EnableInterContainerTrafficEncryption")
 	f.DurationVar(&o.STSMinDuration, "sts-min-session-duration", 0, "shortest STS session a client may request (default 15m, as AWS); for tests")
 	f.MarkHidden("sts-min-session-duration")

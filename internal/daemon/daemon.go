@@ -63,6 +63,10 @@ type Options struct {
 	// StopGrace is how long a training container has between SIGTERM and
 	// SIGKILL when its job is stopped (0: SageMaker's 120 s).
 	StopGrace time.Duration
+	// EndpointHealthInterval is the pause between health checks (GET /ping)
+	// of an endpoint instance in service; three failed in a row replace it.
+	// 0 means 5 s.
+	EndpointHealthInterval time.Duration
 	// ShutdownTimeout bounds how long in-flight requests may take to finish.
 	ShutdownTimeout time.Duration
 	// RequireInternodeEncryption refuses jobs of more than one instance
@@ -199,7 +203,7 @@ func Run(ctx context.Context, o Options) error {
 	router := runtime.New(runtime.Config{IAM: ids, Account: ids.AccountID(), Region: o.Region, Registry: srv.Registry(), Log: log})
 	srv.Handle(server.RuntimeService, router)
 	endpointsDir := mkdir(o.DataDir, "endpoints")
-	if err := training.ServeEndpoints(ctx, modelHost(runner, endpointsDir, log), router); err != nil {
+	if err := training.ServeEndpoints(ctx, modelHost(runner, endpointsDir, o.EndpointHealthInterval, log), router); err != nil {
 		return err
 	}
 	logs := cwlogs.New(ids, ids.AccountID(), o.Region, sagemaker.JobLogDirs(filepath.Join(o.DataDir, "jobs")), log)
@@ -325,12 +329,12 @@ func trainingRunner(o Options, addr *net.TCPAddr, caBundle string, tokens *sts.S
 
 // modelHost runs endpoints with the training runner's executor, or is nil
 // (CreateEndpoint then refuses, saying why) when there is none.
-func modelHost(runner sagemaker.Runner, dir string, log *slog.Logger) sagemaker.ModelHost {
+func modelHost(runner sagemaker.Runner, dir string, healthEvery time.Duration, log *slog.Logger) sagemaker.ModelHost {
 	lr, ok := runner.(*sagemaker.LocalRunner)
 	if !ok || lr == nil {
 		return nil
 	}
-	host := &sagemaker.LocalModelHost{Runner: lr, Dir: dir}
+	host := &sagemaker.LocalModelHost{Runner: lr, Dir: dir, HealthInterval: healthEvery}
 	if err := host.Tidy(); err != nil {
 		log.Warn("remove what interrupted endpoints left", "err", err)
 	}

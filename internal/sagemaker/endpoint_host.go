@@ -39,8 +39,10 @@ import (
 //     fetched once per variant with the model's execution role and unpacked
 //     (extractModel) into a directory every instance of the variant mounts
 //     read-only at /opt/ml/model;
-//   - an instance is in service once GET /ping answers 200; one that exits
-//     is taken out of the routes and replaced;
+//   - an instance is in service once GET /ping answers 200; one that exits,
+//     or stops answering /ping with 200 within 2 s for UnhealthyAfter
+//     checks in a row (a hung model server), is taken out of the routes,
+//     killed and replaced;
 //   - the container's output goes to Dir/<endpoint>/logs/<variant>/<instance>,
 //     the log stream <variant>/<instance> of /aws/sagemaker/Endpoints/<name>.
 //
@@ -55,6 +57,11 @@ type LocalModelHost struct {
 	// PingInterval is the pause between health checks while an instance
 	// starts; 0 means 200 ms.
 	PingInterval time.Duration
+	// HealthInterval is the pause between health checks of an instance in
+	// service; 0 means 5 s. UnhealthyAfter is how many failed checks in a
+	// row take it out of service; 0 means 3.
+	HealthInterval time.Duration
+	UnhealthyAfter int
 	// StartupTimeout is how long an instance may take to answer /ping when
 	// the variant does not say (ContainerStartupHealthCheckTimeoutInSeconds);
 	// 0 means SageMaker's 8 minutes.
@@ -513,21 +520,13 @@ func (h *LocalModelHost) waitHealthy(ctx context.Context, endpoint string, spec 
 	}
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
-	url := "http://" + in.addr.String() + "/ping"
 	last := "no answer"
 	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		resp, err := h.pingClient().Do(req)
+		err := h.checkHealth(ctx, in)
 		if err == nil {
-			io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			last = "status " + resp.Status
-		} else {
-			last = "no answer"
+			return nil
 		}
+		last = err.Error()
 		select {
 		case <-ctx.Done():
 			return context.Cause(ctx)
@@ -545,6 +544,66 @@ func (h *LocalModelHost) waitHealthy(ctx context.Context, endpoint string, spec 
 			return failuref("The primary container for production variant %s did not pass the ping health check within %s (last: %s). Please check CloudWatch logs for this endpoint: log stream %s/%s of log group %s",
 				spec.VariantName, timeout, last, spec.VariantName, in.id, runtime.LogGroup(endpoint))
 		case <-time.After(interval):
+		}
+	}
+}
+
+// checkHealth sends one GET /ping to in; nil means it answered 200 in time.
+func (h *LocalModelHost) checkHealth(ctx context.Context, in *localInstance) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+in.addr.String()+"/ping", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := h.pingClient().Do(req)
+	if err != nil {
+		return errors.New("no answer")
+	}
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return errors.New("status " + resp.Status)
+	}
+	return nil
+}
+
+// outOfService returns why in, an instance in service, must be replaced:
+// it exited, or it failed UnhealthyAfter health checks in a row. It
+// returns "" when ctx is done first.
+func (dep *localDeployment) outOfService(ctx context.Context, in *localInstance) string {
+	h := dep.h
+	interval, limit := h.HealthInterval, h.UnhealthyAfter
+	if interval == 0 {
+		interval = 5 * time.Second
+	}
+	if limit == 0 {
+		limit = 3
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	failed := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return ""
+		case <-in.exited:
+			how := fmt.Sprintf("exited with code %d", in.res.ExitCode)
+			if in.res.Signal != "" {
+				how += " (" + in.res.Signal + ")"
+			}
+			return how
+		case <-tick.C:
+		}
+		err := h.checkHealth(ctx, in)
+		switch {
+		case err == nil:
+			failed = 0
+		case ctx.Err() != nil:
+			return ""
+		default:
+			failed++
+			if failed >= limit {
+				return fmt.Sprintf("failed %d health checks in a row (GET /ping: %v)", failed, err)
+			}
 		}
 	}
 }
@@ -568,7 +627,8 @@ func logTail(path string) string {
 	return "; it wrote: " + s
 }
 
-// supervise replaces in when it exits while the deployment runs. Called
+// supervise replaces in when it exits or stops answering its health checks
+// while the deployment runs. Called
 // once per instance in service; returns at once, the watching goes on in
 // the background until Stop.
 func (dep *localDeployment) supervise(v *localVariant, in *localInstance) {
@@ -582,12 +642,11 @@ func (dep *localDeployment) supervise(v *localVariant, in *localInstance) {
 		defer dep.wg.Done()
 		log := dep.h.Runner.Log.With("endpoint", dep.d.Endpoint, "variant", v.spec.VariantName)
 		for {
-			select {
-			case <-dep.ctx.Done():
+			why := dep.outOfService(dep.ctx, in)
+			if why == "" {
 				return // Stop stops in
-			case <-in.exited:
 			}
-			log.Warn("endpoint instance exited; replacing it", "instance", in.id, "exit_code", in.res.ExitCode, "signal", in.res.Signal)
+			log.Warn("endpoint instance out of service; replacing it", "instance", in.id, "reason", why)
 			dep.mu.Lock()
 			for i, x := range v.instance {
 				if x == in {

@@ -49,7 +49,7 @@ func setupEndpoints(t *testing.T) *endpointSetup {
 			e.cli = p
 		}
 	}
-	e.c = harness.Start(t, harness.Options{Args: []string{"--training-stop-grace", "5s"}})
+	e.c = harness.Start(t, harness.Options{Args: []string{"--training-stop-grace", "5s", "--endpoint-health-interval", "500ms"}})
 	// A graceful stop stops the endpoints' containers before the data
 	// directory is removed, whatever the test left running.
 	t.Cleanup(func() { e.c.Stop() })
@@ -474,6 +474,29 @@ print(json.dumps(res))
 		out := awsJSON(t, c, cli, []string{"sagemaker-runtime", "invoke-endpoint", "--endpoint-name", "ep-main", "--body", "fileb://" + in, "--content-type", "text/csv", filepath.Join(t.TempDir(), "out")})
 		if str(out, "InvokedProductionVariant") != "primary" {
 			t.Fatalf("after the replacement: %v", out)
+		}
+	})
+
+	t.Run("hung instance replaced", func(t *testing.T) {
+		// The model server stops answering anything, /ping included, but
+		// does not exit: the health checks take it out and replace it.
+		before := e.containers(t, "ep-main")
+		out := filepath.Join(t.TempDir(), "out")
+		r := c.AWS(t, cli, []string{"sagemaker-runtime", "invoke-endpoint", "--endpoint-name", "ep-main", "--body", "fileb://" + writeFile(t, filepath.Join(t.TempDir(), "hang"), []byte("hang")),
+			"--content-type", "text/csv", out}, "AWS_MAX_ATTEMPTS=1")
+		if r.Err != nil {
+			t.Fatalf("hang: %v %s", r.Err, r.Stderr)
+		}
+		e.waitEndpoint(t, "ep-main", func(d map[string]any) bool {
+			after := e.containers(t, "ep-main")
+			return len(after) == 1 && after[0] != before[0] && d["ProductionVariants"].([]any)[0].(map[string]any)["CurrentInstanceCount"] == 1.0
+		})
+		got := awsJSON(t, c, cli, []string{"sagemaker-runtime", "invoke-endpoint", "--endpoint-name", "ep-main", "--body", "fileb://" + in, "--content-type", "text/csv", out})
+		if str(got, "InvokedProductionVariant") != "primary" {
+			t.Fatalf("after the replacement: %v", got)
+		}
+		if !strings.Contains(c.Logs(), "failed 3 health checks in a row") {
+			t.Errorf("convoy's log does not say why the instance was replaced")
 		}
 	})
 

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 )
 
 // serve is the inference mode (run with the single argument "serve", the
@@ -18,7 +19,8 @@ import (
 //
 //	(unset)   text/csv rows in, {"model":…,"rows":…,"tag":…} out; other
 //	          content types get 415, the body "boom" gets 500, the body
-//	          "crash" makes the process exit; with Accept
+//	          "crash" makes the process exit, "hang" makes it stop
+//	          answering anything after this answer; with Accept
 //	          application/jsonlines, one line per row, streamed
 //	echo      the body back as it came (for the benchmark)
 //	exit      exit 3 at once, before serving (a model that cannot load)
@@ -40,7 +42,11 @@ func serve() {
 	fmt.Printf("serving model %s (tag %q) on :8080, model dir writable=%t\n", digest, tag, writable)
 
 	mux := http.NewServeMux()
+	var hung atomic.Bool
 	mux.HandleFunc("GET /ping", func(w http.ResponseWriter, r *http.Request) {
+		if hung.Load() {
+			select {} // a deadlocked model server: the connection stays open, unanswered
+		}
 		if mode == "unhealthy" {
 			w.WriteHeader(http.StatusServiceUnavailable)
 		}
@@ -69,6 +75,14 @@ func serve() {
 		case "crash":
 			fmt.Println("crashing on request")
 			os.Exit(1)
+		case "hang":
+			fmt.Println("hanging on request")
+			hung.Store(true)
+			io.WriteString(w, "hanging")
+			return
+		}
+		if hung.Load() {
+			select {}
 		}
 		if a := r.Header.Get("X-Amzn-SageMaker-Custom-Attributes"); a != "" {
 			w.Header().Set("X-Amzn-SageMaker-Custom-Attributes", "seen="+a)
