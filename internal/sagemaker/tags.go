@@ -1,6 +1,7 @@
 package sagemaker
 
 import (
+	"database/sql"
 	"encoding/base64"
 	"net/http"
 	"strconv"
@@ -43,22 +44,22 @@ func (s *Service) addTags(r *http.Request, p *iam.Principal, body []byte) (any, 
 			return nil, validation("tag keys are 1 to 128 characters and values at most 256")
 		}
 	}
-	tx, err := s.db.BeginTx(r.Context(), nil)
-	if err != nil {
-		return nil, err
-	}
-	defer tx.Rollback()
-	for _, t := range req.Tags {
-		if _, err := tx.Exec(`INSERT OR REPLACE INTO sm_tags (arn, key, value) VALUES (?, ?, ?)`, req.ResourceArn, t.Key, t.Value); err != nil {
-			return nil, err
+	err := s.db.Tx(r.Context(), func(tx *sql.Tx) error {
+		for _, t := range req.Tags {
+			if _, err := tx.Exec(`INSERT OR REPLACE INTO sm_tags (arn, key, value) VALUES (?, ?, ?)`, req.ResourceArn, t.Key, t.Value); err != nil {
+				return err
+			}
 		}
-	}
-	var n int
-	tx.QueryRow(`SELECT COUNT(*) FROM sm_tags WHERE arn = ?`, req.ResourceArn).Scan(&n)
-	if n > maxTags {
-		return nil, validation("a resource can have at most %d tags", maxTags)
-	}
-	if err := tx.Commit(); err != nil {
+		var n int
+		if err := tx.QueryRow(`SELECT COUNT(*) FROM sm_tags WHERE arn = ?`, req.ResourceArn).Scan(&n); err != nil {
+			return err
+		}
+		if n > maxTags {
+			return validation("a resource can have at most %d tags", maxTags)
+		}
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
 	return map[string]any{"Tags": req.Tags}, nil

@@ -10,20 +10,36 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"sync"
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 )
 
-// DB is the database handle shared by convoy's components.
+// DB is the database handle shared by convoy's components. Write through
+// Tx or ExecContext, which take turns; a transaction begun with BeginTx
+// bypasses the queue and falls back on SQLite's busy polling.
 type DB struct {
 	*sql.DB
+	// write admits one writing transaction of this process at a time, in
+	// the order they ask. SQLite allows one writer; without this, writers
+	// that find the database locked poll it with sleeps of up to 100 ms
+	// (SQLite's busy handler), and under a burst of writes some wait a
+	// second or more while others go first.
+	write sync.Mutex
 }
 
 // OpenSQLite opens (creating if needed) the SQLite database at path.
 func OpenSQLite(ctx context.Context, path string) (*DB, error) {
+	return openSQLite(ctx, path, 10*time.Second)
+}
+
+// openSQLite is OpenSQLite with SQLite's busy timeout: how long a
+// connection waits for another process (or a reader checkpointing) that
+// holds the write lock.
+func openSQLite(ctx context.Context, path string, busy time.Duration) (*DB, error) {
 	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)" +
-		"&_pragma=busy_timeout(10000)&_pragma=foreign_keys(ON)&_txlock=immediate"
+		fmt.Sprintf("&_pragma=busy_timeout(%d)", busy.Milliseconds()) + "&_pragma=foreign_keys(ON)&_txlock=immediate"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("open database %s: %w", path, err)
@@ -80,8 +96,18 @@ func (d *DB) Migrate(ctx context.Context, component string, migrations []string)
 	return nil
 }
 
+// ExecContext runs a statement that writes (in its own transaction), in
+// turn with the other writers of this process.
+func (d *DB) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	d.write.Lock()
+	defer d.write.Unlock()
+	return d.DB.ExecContext(ctx, query, args...)
+}
+
 // Tx runs fn in a transaction, committing if it returns nil.
 func (d *DB) Tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	d.write.Lock()
+	defer d.write.Unlock()
 	tx, err := d.BeginTx(ctx, nil)
 	if err != nil {
 		return err
