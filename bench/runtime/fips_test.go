@@ -3,8 +3,8 @@ package runtime
 import (
 	"crypto/tls"
 	"slices"
-	"strings"
 	"strconv"
+	"strings"
 	"testing"
 
 	"convoy/internal/tlsconf"

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"convoy/internal/auth"
+	"convoy/internal/credsvc"
 	"convoy/internal/cwlogs"
 	"convoy/internal/executor"
 	"convoy/internal/fsutil"
@@ -189,7 +190,22 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	srv.Handle("s3", objects)
-	runner := trainingRunner(o, addr, caBundle, tokens, log)
+	// Containers fetch their role's credentials over plain HTTP from a
+	// loopback listener, which each job's network reaches as
+	// 169.254.170.2:80 (see internal/credsvc for why plain HTTP).
+	credsLn, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		return fmt.Errorf("listen on 127.0.0.1 for the container credentials endpoint: %w", err)
+	}
+	defer credsLn.Close()
+	containerCreds := credsvc.New(tokens, log)
+	if o.STSMinDuration > 0 {
+		containerCreds.MinLifetime = o.STSMinDuration
+	}
+	containerCreds.RegisterMetrics(srv.Registry())
+	credsAddr := netip.MustParseAddrPort(credsLn.Addr().String())
+	log.Info("container credentials endpoint", "listen", credsAddr, "containers_reach", netip.AddrPortFrom(executor.ServiceAddr, executor.CredentialsPort))
+	runner := trainingRunner(o, addr, caBundle, tokens, containerCreds, credsAddr, log)
 	training, err := sagemaker.Open(ctx, db, ids, o.Region, runner, log)
 	if err != nil {
 		return err
@@ -220,8 +236,20 @@ func Run(ctx context.Context, o Options) error {
 	runCtx, stopBackground := context.WithCancel(context.Background())
 	defer stopBackground()
 	go certs.Run(runCtx)
-	serveErr := make(chan error, 2)
+	serveErr := make(chan error, 3)
 	go func() { serveErr <- srv.Serve(ln) }()
+	go func() {
+		if err := containerCreds.Serve(credsLn); err != nil {
+			serveErr <- fmt.Errorf("container credentials endpoint: %w", err)
+		}
+	}()
+	// After the jobs (training.Wait below): their containers may fetch
+	// credentials until they have exited.
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		containerCreds.Close(cctx)
+	}()
 	fipsEndpoint := ""
 	if fipsLn != nil {
 		fipsEndpoint = "https://" + endpointHost(fipsLn.Addr().(*net.TCPAddr))
@@ -273,7 +301,8 @@ func Run(ctx context.Context, o Options) error {
 // trainingRunner runs training jobs on this machine when it can (root and
 // runc); otherwise convoy serves the SageMaker API but refuses to create
 // jobs, saying why.
-func trainingRunner(o Options, addr *net.TCPAddr, caBundle string, tokens *sts.Service, log *slog.Logger) sagemaker.Runner {
+func trainingRunner(o Options, addr *net.TCPAddr, caBundle string, tokens *sts.Service,
+	creds *credsvc.Server, credsAddr netip.AddrPort, log *slog.Logger) sagemaker.Runner {
 	exec, err := executor.NewLocal(filepath.Join(o.DataDir, "executor"), log)
 	if err != nil {
 		log.Warn("training jobs are disabled: no local executor", "err", err)
@@ -299,6 +328,13 @@ func trainingRunner(o Options, addr *net.TCPAddr, caBundle string, tokens *sts.S
 		log.Warn("training jobs are disabled", "err", err)
 		return nil
 	}
+	if listen.Addr().IsLoopback() && listen.Port() == executor.CredentialsPort {
+		// Containers reach a loopback listener at ServiceAddr:<its port>,
+		// and ServiceAddr:80 is their credentials endpoint.
+		log.Warn("training jobs and endpoints are disabled: containers reach convoy's API and their credentials endpoint at the same address, "+
+			"169.254.170.2, and port 80 is the credentials endpoint's; choose another --listen port", "listen", listen)
+		return nil
+	}
 	var caPEM []byte
 	pool := x509.NewCertPool()
 	if caBundle != "" {
@@ -313,7 +349,8 @@ func trainingRunner(o Options, addr *net.TCPAddr, caBundle string, tokens *sts.S
 	}
 	tr := &http.Transport{TLSClientConfig: tlsconf.Client(o.Profile, pool, listen.Addr().String()), ForceAttemptHTTP2: true}
 	runner := &sagemaker.LocalRunner{
-		Executor: exec, Images: store, Creds: tokens, Dir: mkdir(o.DataDir, "jobs"),
+		Executor: exec, Images: store, Creds: tokens, CredentialsEndpoint: creds, CredentialsAddr: credsAddr,
+		Dir:      mkdir(o.DataDir, "jobs"),
 		Endpoint: "https://" + host, HTTP: &http.Client{Transport: tr},
 		Listen: listen, CAPEM: caPEM, Region: o.Region, StopGrace: o.StopGrace, Log: log,
 		Volumes: volume.Gocryptfs{}, Mesh: meshSupervisor(o, log),

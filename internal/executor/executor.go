@@ -81,6 +81,13 @@ type JobSpec struct {
 	// Network and Allow: see NetworkPolicy and ContainerAddr.
 	Network NetworkPolicy
 	Allow   []netip.AddrPort
+	// Credentials, if set, is a loopback address:port of the caller's
+	// namespace that the hosts reach as ServiceAddr:80 (CredentialsPort):
+	// the container credentials endpoint that
+	// AWS_CONTAINER_CREDENTIALS_RELATIVE_URI points the AWS SDKs to. Only
+	// with the Endpoint policy; no loopback endpoint of Allow may then use
+	// port 80.
+	Credentials netip.AddrPort
 	// MemoryBytes and CPUs are cgroup limits per host; zero means none. They
 	// are applied where the cgroup controllers are available (see
 	// Local.Cgroups) and logged as skipped otherwise.
@@ -164,6 +171,11 @@ type HostResult struct {
 // containers must verify should carry it as an IP SAN.
 var ServiceAddr = netip.AddrFrom4([4]byte{169, 254, 170, 2})
 
+// CredentialsPort is the port of ServiceAddr where the hosts reach
+// JobSpec.Credentials: AWS_CONTAINER_CREDENTIALS_RELATIVE_URI is resolved
+// against http://169.254.170.2, port 80.
+const CredentialsPort = 80
+
 // ContainerAddr returns the address the hosts of a job dial to reach the
 // allowed endpoint ap: ServiceAddr:port for a loopback address, ap itself
 // otherwise.
@@ -219,8 +231,18 @@ func (s JobSpec) validate() (JobSpec, error) {
 		if len(s.Allow) > 0 {
 			return s, fmt.Errorf("job %s: allowed endpoints need the endpoint policy", s.ID)
 		}
+		if s.Credentials.IsValid() {
+			return s, fmt.Errorf("job %s: a credentials endpoint needs the endpoint policy: isolated hosts reach nothing, so give them no credentials endpoint", s.ID)
+		}
 	case Endpoint:
 		ports := map[uint16]netip.Addr{}
+		if c := s.Credentials; c.IsValid() {
+			a := c.Addr().Unmap()
+			if !a.Is4() || !a.IsLoopback() || c.Port() == 0 {
+				return s, fmt.Errorf("job %s: credentials endpoint %s: want an IPv4 loopback address and a port", s.ID, c)
+			}
+			s.Credentials = netip.AddrPortFrom(a, c.Port())
+		}
 		allow := make([]netip.AddrPort, 0, len(s.Allow))
 		for _, ap := range s.Allow {
 			a := ap.Addr().Unmap()
@@ -231,6 +253,9 @@ func (s JobSpec) validate() (JobSpec, error) {
 				// Loopback endpoints share ServiceAddr, so their ports must differ.
 				if prev, ok := ports[ap.Port()]; ok && prev != a {
 					return s, fmt.Errorf("job %s: allowed endpoints %s and %s: same port on two loopback addresses", s.ID, prev, a)
+				}
+				if ap.Port() == CredentialsPort && s.Credentials.IsValid() {
+					return s, fmt.Errorf("job %s: allowed endpoint %s: port %d of %s is the credentials endpoint's; listen on another port", s.ID, ap, CredentialsPort, ServiceAddr)
 				}
 				ports[ap.Port()] = a
 			}

@@ -39,6 +39,23 @@ func TestValidate(t *testing.T) {
 			s.Network = Endpoint
 			s.Allow = []netip.AddrPort{ap("127.0.0.1:80"), ap("127.0.0.2:80")}
 		}, "same port"},
+		{"credentials", func(s *JobSpec) {
+			s.Network = Endpoint
+			s.Allow = []netip.AddrPort{ap("127.0.0.1:4443"), ap("192.0.2.9:80")}
+			s.Credentials = ap("[::ffff:127.0.0.1]:39000")
+		}, ""},
+		{"credentials when isolated", func(s *JobSpec) { s.Credentials = ap("127.0.0.1:39000") }, "endpoint policy"},
+		{"credentials not loopback", func(s *JobSpec) {
+			s.Network = Endpoint
+			s.Credentials = ap("192.0.2.9:80")
+		}, "loopback"},
+		{"credentials port zero", func(s *JobSpec) { s.Network = Endpoint; s.Credentials = ap("127.0.0.1:0") }, "loopback"},
+		{"credentials ipv6", func(s *JobSpec) { s.Network = Endpoint; s.Credentials = ap("[::1]:39000") }, "IPv4"},
+		{"loopback port 80 with credentials", func(s *JobSpec) {
+			s.Network = Endpoint
+			s.Allow = []netip.AddrPort{ap("127.0.0.1:80")}
+			s.Credentials = ap("127.0.0.1:39000")
+		}, "credentials endpoint"},
 		{"unknown policy", func(s *JobSpec) { s.Network = 7 }, "policy"},
 	}
 	for _, tt := range tests {
@@ -54,6 +71,9 @@ func TestValidate(t *testing.T) {
 			}
 			if err == nil && got.WorkDir == "" {
 				t.Error("workdir not defaulted")
+			}
+			if got.Credentials.Addr().Is4In6() {
+				t.Errorf("credentials %s not unmapped", got.Credentials)
 			}
 			for _, a := range got.Allow {
 				if a.Addr().Is4In6() {

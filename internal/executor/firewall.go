@@ -3,7 +3,6 @@ package executor
 import (
 	"fmt"
 	"net/netip"
-	"slices"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -20,6 +19,8 @@ import (
 //
 //   - loopback (127.0.0.1:p): the hosts dial ServiceAddr:p, which prerouting
 //     DNATs to 127.0.0.1:p (the bridge has route_localnet) and input accepts;
+//     the credentials endpoint (JobSpec.Credentials, 127.0.0.1:q) likewise
+//     from ServiceAddr:80;
 //   - an address of the caller's namespace: input accepts it as is;
 //   - any other address: forward accepts it and postrouting masquerades it
 //     behind the caller's address (the bridge has forwarding on).
@@ -34,10 +35,16 @@ type firewall struct {
 	table  string
 	bridge string
 	subnet netip.Prefix
-	dnat   []netip.AddrPort // loopback endpoints
+	dnat   []dnat           // loopback endpoints
 	local  []netip.AddrPort // endpoints on an address of the caller's namespace
 	remote []netip.AddrPort // endpoints reached by forwarding
 	expose []uint16         // host ports the caller's namespace may connect to, with ExposeMark
+}
+
+// dnat sends what the hosts send to ServiceAddr:port to a loopback address.
+type dnat struct {
+	port uint16
+	to   netip.AddrPort
 }
 
 func (fw *firewall) tableRef() *nftables.Table {
@@ -70,7 +77,11 @@ func (fw *firewall) install() error {
 	drop := []expr.Any{&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop}}
 
 	input := chain("input", nftables.ChainTypeFilter, nftables.ChainHookInput, nftables.ChainPriorityFilter)
-	for _, ap := range slices.Concat(fw.dnat, fw.local) {
+	// After prerouting, input sees the DNAT-ed destination.
+	for _, d := range fw.dnat {
+		rule(input, concat(fromJob, matchTCPTo(d.to), accept)...)
+	}
+	for _, ap := range fw.local {
 		rule(input, concat(fromJob, matchTCPTo(ap), accept)...)
 	}
 	for _, p := range fw.expose {
@@ -97,10 +108,10 @@ func (fw *firewall) install() error {
 
 	if len(fw.dnat) > 0 {
 		pre := chain("prerouting", nftables.ChainTypeNAT, nftables.ChainHookPrerouting, nftables.ChainPriorityNATDest)
-		for _, ap := range fw.dnat {
-			rule(pre, concat(fromJob, matchTCPTo(netip.AddrPortFrom(ServiceAddr, ap.Port())), []expr.Any{
-				&expr.Immediate{Register: 1, Data: ap.Addr().AsSlice()},
-				&expr.Immediate{Register: 2, Data: binaryutil.BigEndian.PutUint16(ap.Port())},
+		for _, d := range fw.dnat {
+			rule(pre, concat(fromJob, matchTCPTo(netip.AddrPortFrom(ServiceAddr, d.port)), []expr.Any{
+				&expr.Immediate{Register: 1, Data: d.to.Addr().AsSlice()},
+				&expr.Immediate{Register: 2, Data: binaryutil.BigEndian.PutUint16(d.to.Port())},
 				&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegProtoMin: 2, Specified: true},
 			})...)
 		}

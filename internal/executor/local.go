@@ -250,12 +250,16 @@ func (l *Local) Start(ctx context.Context, spec JobSpec) (Job, error) {
 		}
 		switch {
 		case ap.Addr().IsLoopback():
-			fw.dnat = append(fw.dnat, ap)
+			fw.dnat = append(fw.dnat, dnat{port: ap.Port(), to: ap})
 		case local:
 			fw.local = append(fw.local, ap)
 		default:
 			fw.remote = append(fw.remote, ap)
 		}
+	}
+
+	if spec.Credentials.IsValid() {
+		fw.dnat = append(fw.dnat, dnat{port: CredentialsPort, to: spec.Credentials})
 	}
 
 	j := &localJob{l: l, spec: spec, done: make(chan struct{})}

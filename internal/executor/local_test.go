@@ -699,6 +699,47 @@ func TestEndpoint(t *testing.T) {
 	}
 }
 
+// TestCredentials: the hosts reach the caller's credentials endpoint, a
+// loopback listener on any port, as ServiceAddr:80, next to an allowed
+// loopback endpoint, and reach it by no other address.
+func TestCredentials(t *testing.T) {
+	needRunc(t)
+	_, creds, credsHits := listen(t, "127.0.0.1:0")
+	_, api, apiHits := listen(t, "127.0.0.1:0")
+	input := t.TempDir()
+	spec := baseSpec(t, "script", "/opt/ml/input/go")
+	spec.Network = Endpoint
+	spec.Allow = []netip.AddrPort{api}
+	spec.Credentials = creds
+	spec.Mounts = func(host string) []Mount {
+		return []Mount{{Source: input, Destination: "/opt/ml/input", ReadOnly: true}}
+	}
+	j := start(t, spec)
+	svc := netip.AddrPortFrom(ServiceAddr, CredentialsPort)
+	raw := netip.AddrPortFrom(ServiceAddr, creds.Port()) // the listener's own port is not DNAT-ed
+	script := fmt.Sprintf("dial %s creds\ndial %s api\nreach %s %s\n", svc, ContainerAddr(api), raw, creds)
+	if err := writeScript(filepath.Join(input, "go"), script); err != nil {
+		t.Fatal(err)
+	}
+	if r := wait(t, j, 30*time.Second)[0]; r.ExitCode != 0 || r.Err != nil {
+		t.Errorf("result %+v", r)
+	}
+	wantLines(t, readLog(t, spec, "algo-1"),
+		fmt.Sprintf("dialed %s got %q", svc, "echo creds"),
+		fmt.Sprintf("dialed %s got %q", ContainerAddr(api), "echo api"),
+		fmt.Sprintf("reach %s fail", raw), fmt.Sprintf("reach %s fail", creds))
+	if credsHits.Load() != 1 || apiHits.Load() != 1 {
+		t.Errorf("connections: credentials endpoint %d, allowed endpoint %d; want 1 and 1", credsHits.Load(), apiHits.Load())
+	}
+
+	// An isolated job gets no credentials endpoint.
+	iso := baseSpec(t, "exit", "0")
+	iso.Credentials = creds
+	if _, err := testLocal.Start(context.Background(), iso); err == nil || !strings.Contains(err.Error(), "endpoint policy") {
+		t.Errorf("isolated job with a credentials endpoint: %v", err)
+	}
+}
+
 func TestSignal(t *testing.T) {
 	needRunc(t)
 	t.Run("SIGTERM", func(t *testing.T) {

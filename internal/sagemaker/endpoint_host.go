@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -46,9 +47,13 @@ import (
 //   - the container's output goes to Dir/<endpoint>/logs/<variant>/<instance>,
 //     the log stream <variant>/<instance> of /aws/sagemaker/Endpoints/<name>.
 //
-// Without EnableNetworkIsolation a container gets the role's temporary
-// credentials and may reach convoy's API, as a training container does;
-// with it, neither.
+// Without EnableNetworkIsolation a container may reach convoy's API and,
+// when the model has an execution role, gets the role's credentials as a
+// training container does: AWS_CONTAINER_CREDENTIALS_RELATIVE_URI names the
+// instance's own registration at the credentials endpoint, where the AWS
+// SDKs fetch short-lived credentials and fetch new ones before they expire,
+// for as long as the instance runs; stopping or replacing the instance
+// revokes it. With EnableNetworkIsolation, neither.
 type LocalModelHost struct {
 	Runner *LocalRunner
 	// Dir holds one directory per endpoint: its deployments' model data
@@ -81,10 +86,10 @@ var _ ImageChecker = (*LocalModelHost)(nil)
 
 const (
 	servingPort = 8080
-	// credentialLife is how long the role credentials given to a serving
-	// container last. Endpoints run for longer: see the package doc of
-	// the endpoint code and the README for what this means.
-	credentialLife = 24 * time.Hour
+	// setupCredentialLife is how long the role credentials convoy itself
+	// uses to set up a variant (volume key, model download) last. The
+	// serving containers fetch theirs from the credentials endpoint.
+	setupCredentialLife = 24 * time.Hour
 	// pingTimeout is how long one health check may take (SageMaker: 2 s).
 	pingTimeout = 2 * time.Second
 	// stopGrace is how long a container has between SIGTERM and SIGKILL
@@ -166,8 +171,10 @@ type localDeployment struct {
 
 // localVariant is a variant's shared setup and its instances.
 type localVariant struct {
-	spec     *DeployedVariant
-	job      executor.JobSpec // without ID and LogDir, which are per instance
+	spec *DeployedVariant
+	// job lacks ID, LogDir and the credentials variable, which are per
+	// instance.
+	job      executor.JobSpec
 	logDir   string           // Dir/<endpoint>/logs/<variant>
 	instance []*localInstance // in service, guarded by localDeployment.mu
 }
@@ -178,6 +185,8 @@ type localInstance struct {
 	addr   netip.AddrPort
 	exited chan struct{} // closed when the container has exited; res is set
 	res    executor.HostResult
+	// revoke ends the instance's registration at the credentials endpoint.
+	revoke func()
 }
 
 func randomHex(n int) string {
@@ -281,6 +290,7 @@ func (h *LocalModelHost) stopInstance(in *localInstance) {
 	if err := in.job.Cleanup(); err != nil {
 		h.Runner.Log.Error("clean up an endpoint instance", "instance", in.id, "err", err)
 	}
+	in.revoke()
 }
 
 // startVariant prepares a variant (image, model data, environment) and
@@ -308,13 +318,19 @@ func (dep *localDeployment) startVariant(ctx context.Context, v *localVariant) e
 	s3c := (*s3.Client)(nil)
 	var kc *kms.Client
 	if spec.RoleARN != "" {
-		akid, secret, token, _ := r.Creds.RoleCredentials(spec.Role, sessionName("SageMaker-"+spec.ModelName), credentialLife)
+		akid, secret, token, _ := r.Creds.RoleCredentials(spec.Role, sessionName("SageMaker-"+spec.ModelName), setupCredentialLife)
 		creds := credentials.NewStaticCredentialsProvider(akid, secret, token)
 		s3c = s3.New(s3.Options{Region: r.Region, BaseEndpoint: aws.String(r.Endpoint), HTTPClient: r.HTTP, UsePathStyle: true,
 			Credentials: creds})
 		kc = kms.New(kms.Options{Region: r.Region, BaseEndpoint: aws.String(r.Endpoint), HTTPClient: r.HTTP, Credentials: creds})
 		if !spec.NetworkIsolation {
-			env.addList([]string{"AWS_ACCESS_KEY_ID=" + akid, "AWS_SECRET_ACCESS_KEY=" + secret, "AWS_SESSION_TOKEN=" + token})
+			if err := r.checkCredentialsEndpoint(); err != nil {
+				return fmt.Errorf("variant %s: %v", spec.VariantName, err)
+			}
+			// Each instance registers at start (startInstance).
+			for _, k := range credentialVars {
+				env.del(k)
+			}
 		}
 	}
 	// The model data lives on the variant's encrypted volume (keyed by the
@@ -379,8 +395,11 @@ func (dep *localDeployment) startVariant(ctx context.Context, v *localVariant) e
 		Network: executor.Endpoint, Allow: []netip.AddrPort{r.Listen},
 		Expose: []uint16{servingPort},
 	}
+	if spec.RoleARN != "" {
+		v.job.Credentials = r.CredentialsAddr
+	}
 	if spec.NetworkIsolation {
-		v.job.Network, v.job.Allow = executor.Isolated, nil
+		v.job.Network, v.job.Allow, v.job.Credentials = executor.Isolated, nil, netip.AddrPort{}
 	}
 	ictx, abort := context.WithCancelCause(ctx)
 	defer abort(nil)
@@ -476,12 +495,22 @@ func (h *LocalModelHost) fetchModel(ctx context.Context, s3c *s3.Client, spec *D
 func (dep *localDeployment) startInstance(ctx context.Context, v *localVariant) (*localInstance, error) {
 	h, spec := dep.h, v.spec
 	hexID := randomHex(8)
-	in := &localInstance{id: "i-" + hexID, exited: make(chan struct{})}
+	in := &localInstance{id: "i-" + hexID, exited: make(chan struct{}), revoke: func() {}}
 	js := v.job
 	js.ID = "ep-" + hexID
 	js.LogDir = filepath.Join(v.logDir, in.id)
+	if js.Credentials.IsValid() {
+		// Until revoked: an endpoint has no end of its own.
+		uri, revoke, err := h.Runner.registerCredentials(spec.Role, sessionName("SageMaker-"+spec.ModelName), time.Time{})
+		if err != nil {
+			return nil, fmt.Errorf("variant %s: %v", spec.VariantName, err)
+		}
+		in.revoke = revoke
+		js.Env = append(slices.Clone(js.Env), relativeURIVar+"="+uri)
+	}
 	job, err := h.Runner.Executor.Start(ctx, js)
 	if err != nil {
+		in.revoke()
 		if ctx.Err() != nil {
 			return nil, context.Cause(ctx)
 		}

@@ -122,12 +122,23 @@ func (r *LocalRunner) RunProcessing(ctx context.Context, job *ProcessingJob, sta
 	})
 	inside := executor.ContainerAddr(r.Listen)
 	j.env = []string{
-		"AWS_ACCESS_KEY_ID=" + akid, "AWS_SECRET_ACCESS_KEY=" + secret, "AWS_SESSION_TOKEN=" + token,
 		"AWS_DEFAULT_REGION=" + r.Region, "AWS_REGION=" + r.Region,
 		"AWS_ENDPOINT_URL=https://" + inside.String(),
 	}
 	if len(r.CAPEM) > 0 {
 		j.env = append(j.env, "AWS_CA_BUNDLE=/opt/ml/config/"+caFile)
+	}
+	network := req.NetworkConfig
+	if network == nil {
+		network = &NetworkConfig{}
+	}
+	revokeCreds := func() {}
+	if !network.EnableNetworkIsolation {
+		var err error
+		if j.credsURI, revokeCreds, err = r.registerCredentials(job.Role, sessionName(job.Name), time.Now().Add(life)); err != nil {
+			return procFailed("InternalServerError: %v", err)
+		}
+		defer revokeCreds()
 	}
 
 	kc := kms.New(kms.Options{
@@ -156,20 +167,16 @@ func (r *LocalRunner) RunProcessing(ctx context.Context, job *ProcessingJob, sta
 		return stoppedEarly()
 	}
 
-	network := req.NetworkConfig
-	if network == nil {
-		network = &NetworkConfig{}
-	}
 	spec := executor.JobSpec{
 		ID: j.id, Hosts: len(j.hosts), RootFS: rootfs,
 		Args: processingArgs(req.AppSpecification, img.Config), Env: processingEnv(j, req, img.Config),
 		WorkDir: img.Config.WorkingDir, UID: uid, GID: gid,
 		Mounts:  func(host string) []executor.Mount { return processingMounts(j, req, host) },
 		LogDir:  filepath.Join(j.dir, "logs"),
-		Network: executor.Endpoint, Allow: []netip.AddrPort{r.Listen},
+		Network: executor.Endpoint, Allow: []netip.AddrPort{r.Listen}, Credentials: r.CredentialsAddr,
 	}
 	if network.EnableNetworkIsolation {
-		spec.Network, spec.Allow = executor.Isolated, nil
+		spec.Network, spec.Allow, spec.Credentials = executor.Isolated, nil, netip.AddrPort{}
 	}
 	if network.EnableInterContainerTrafficEncryption && len(j.hosts) > 1 {
 		var done func()
@@ -191,6 +198,7 @@ func (r *LocalRunner) RunProcessing(ctx context.Context, job *ProcessingJob, sta
 	started()
 
 	results, stopped := j.wait(ctx, ex)
+	revokeCreds() // the containers have exited; the upload is convoy's
 	msg := exitMessage(j)
 	switch stopped {
 	case "shutdown":
@@ -369,12 +377,16 @@ func processingArgs(a *AppSpecification, cfg images.ImageConfig) []string {
 }
 
 // processingEnv: the image's, then the job's Environment, then the
-// credentials and endpoint, which a job cannot override.
+// endpoint and the credentials variable, which a job cannot override
+// (credentialVars).
 func processingEnv(j *jobRun, req *CreateProcessingJobRequest, cfg images.ImageConfig) []string {
 	var e envBuilder
 	e.addList(cfg.Env)
 	e.addMap(req.Environment)
 	e.addList(j.env)
+	if j.credsURI != "" {
+		withCredentials(&e, j.credsURI)
+	}
 	return e.list()
 }
 

@@ -18,6 +18,7 @@ import (
 	"path"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -44,6 +45,55 @@ type RoleCredentials interface {
 	RoleCredentials(role iam.Role, session string, d time.Duration) (akid, secret, token string, exp time.Time)
 }
 
+// CredentialsEndpoint hands containers their role's credentials over the
+// ECS and SageMaker container credentials protocol (credsvc.Server): a
+// registration lasts until until (zero: until revoked) or revoke.
+type CredentialsEndpoint interface {
+	Register(role iam.Role, session string, until time.Time) (relativeURI string, revoke func())
+}
+
+// relativeURIVar points the AWS SDKs in a container to its registration
+// at the credentials endpoint, resolved against http://169.254.170.2.
+const relativeURIVar = "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"
+
+// credentialVars would make an AWS SDK use credentials other than the
+// role's from the credentials endpoint: a container that has the endpoint
+// gets none of them from its image or its job's Environment, so that its
+// credentials are its role's, as when convoy set the keys itself.
+var credentialVars = []string{
+	"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+	"AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+	relativeURIVar,
+}
+
+// checkCredentialsEndpoint tells whether containers can be given their
+// role's credentials.
+func (r *LocalRunner) checkCredentialsEndpoint() error {
+	if r.CredentialsEndpoint == nil || !r.CredentialsAddr.IsValid() {
+		return errors.New("this convoy has no container credentials endpoint, so it cannot give the containers their role's credentials; see convoy's log at start")
+	}
+	return nil
+}
+
+// registerCredentials registers role at the credentials endpoint for a
+// container without network isolation.
+func (r *LocalRunner) registerCredentials(role iam.Role, session string, until time.Time) (uri string, revoke func(), err error) {
+	if err := r.checkCredentialsEndpoint(); err != nil {
+		return "", nil, err
+	}
+	uri, revoke = r.CredentialsEndpoint.Register(role, session, until)
+	return uri, revoke, nil
+}
+
+// withCredentials puts the container credentials variable in e, in place
+// of any other credentials.
+func withCredentials(e *envBuilder, uri string) {
+	for _, k := range credentialVars {
+		e.del(k)
+	}
+	e.set(relativeURIVar, uri)
+}
+
 // LocalRunner runs training jobs on this machine with an executor, under the
 // SageMaker training container contract: input channels staged from S3 into
 // /opt/ml/input/data/<channel>, the job's configuration in
@@ -53,12 +103,26 @@ type RoleCredentials interface {
 // Every S3 call it makes for a job (staging, upload) goes through convoy's
 // own endpoint with the job role's temporary credentials, so the role's
 // policies, bucket policies and KMS key policies decide what a job may read
-// and write, as on AWS. The containers get the same credentials, the
-// endpoint (AWS_ENDPOINT_URL) and convoy's CA (AWS_CA_BUNDLE).
+// and write, as on AWS. The containers get the endpoint (AWS_ENDPOINT_URL),
+// convoy's CA (AWS_CA_BUNDLE) and, unless network-isolated, the role's
+// credentials as SageMaker gives them: AWS_CONTAINER_CREDENTIALS_RELATIVE_URI
+// names the job's registration at the container credentials endpoint
+// (CredentialsEndpoint), where the AWS SDKs fetch short-lived credentials
+// and fetch new ones before they expire. No key is in their environment,
+// and the registration is revoked when the job's containers have exited.
 type LocalRunner struct {
 	Executor executor.Executor
 	Images   *images.Store
-	Creds    RoleCredentials
+	// Creds mints the role credentials convoy itself uses for a job
+	// (staging, volume key, upload, model download).
+	Creds RoleCredentials
+	// CredentialsEndpoint serves the role's credentials to the containers
+	// of jobs without network isolation; they reach it at
+	// executor.ServiceAddr:80, which the executor forwards to
+	// CredentialsAddr, its loopback listener in this process. Without it,
+	// such jobs fail.
+	CredentialsEndpoint CredentialsEndpoint
+	CredentialsAddr     netip.AddrPort
 	// Dir holds one directory per job: Dir/<id>/{input,hosts,logs}. Only
 	// logs outlive the job.
 	Dir string
@@ -226,9 +290,12 @@ type jobRun struct {
 	work   string // the job's encrypted volume: input, hosts, upload
 	hosts  []string
 	s3     *s3.Client
-	env    []string // credentials and endpoint, for the containers
+	env    []string // region, endpoint and CA, for the containers
 	report Reporter
 	log    *slog.Logger
+	// credsURI is the containers' registration at the credentials
+	// endpoint; "" for a network-isolated job.
+	credsURI string
 }
 
 func failed(format string, args ...any) Outcome {
@@ -272,7 +339,9 @@ func (r *LocalRunner) Run(ctx context.Context, job *Job, report Reporter) (out O
 		return failed("ClientError: training image %s: %v", img.Ref, err)
 	}
 
-	// The role's credentials last the whole job: staging, training, upload.
+	// convoy's own credentials for the job last all of it: staging,
+	// training, upload. The containers fetch theirs from the credentials
+	// endpoint, registered for as long, and revoked when they have exited.
 	life := time.Duration(req.StoppingCondition.MaxRuntimeInSeconds)*time.Second + time.Hour
 	akid, secret, token, _ := r.Creds.RoleCredentials(job.Role, sessionName(job.Name), life)
 	j.s3 = s3.New(s3.Options{
@@ -284,12 +353,19 @@ func (r *LocalRunner) Run(ctx context.Context, job *Job, report Reporter) (out O
 	})
 	inside := executor.ContainerAddr(r.Listen)
 	j.env = []string{
-		"AWS_ACCESS_KEY_ID=" + akid, "AWS_SECRET_ACCESS_KEY=" + secret, "AWS_SESSION_TOKEN=" + token,
 		"AWS_DEFAULT_REGION=" + r.Region, "AWS_REGION=" + r.Region,
 		"AWS_ENDPOINT_URL=https://" + inside.String(),
 	}
 	if len(r.CAPEM) > 0 {
 		j.env = append(j.env, "AWS_CA_BUNDLE=/opt/ml/input/config/"+caFile)
+	}
+	revokeCreds := func() {}
+	if !req.EnableNetworkIsolation {
+		var err error
+		if j.credsURI, revokeCreds, err = r.registerCredentials(job.Role, sessionName(job.Name), time.Now().Add(life)); err != nil {
+			return failed("InternalServerError: %v", err)
+		}
+		defer revokeCreds()
 	}
 
 	kc := kms.New(kms.Options{
@@ -317,12 +393,12 @@ func (r *LocalRunner) Run(ctx context.Context, job *Job, report Reporter) (out O
 		HostEnv: func(host string) []string { return []string{"SM_CURRENT_HOST=" + host} },
 		WorkDir: img.Config.WorkingDir, UID: uid, GID: gid,
 		Mounts: j.mounts, LogDir: filepath.Join(j.dir, "logs"),
-		Network: executor.Endpoint, Allow: []netip.AddrPort{r.Listen},
+		Network: executor.Endpoint, Allow: []netip.AddrPort{r.Listen}, Credentials: r.CredentialsAddr,
 	}
 	if req.EnableNetworkIsolation {
 		// No endpoint either: the container gets no AWS access at all, as on
 		// SageMaker, where isolated containers cannot make outbound calls.
-		spec.Network, spec.Allow = executor.Isolated, nil
+		spec.Network, spec.Allow, spec.Credentials = executor.Isolated, nil, netip.AddrPort{}
 	}
 	if req.EnableInterContainerTrafficEncryption && len(j.hosts) > 1 {
 		var done func()
@@ -343,6 +419,7 @@ func (r *LocalRunner) Run(ctx context.Context, job *Job, report Reporter) (out O
 	}()
 
 	results, stopped := j.wait(ctx, ex)
+	revokeCreds() // the containers have exited; the upload is convoy's
 	var end Outcome
 	switch {
 	case stopped == "shutdown":
@@ -495,7 +572,8 @@ func containerArgs(a *AlgorithmSpecification, cfg images.ImageConfig) []string {
 }
 
 // containerEnv: the image's, then the job's Environment, then SageMaker's
-// own variables and the credentials, which a job cannot override.
+// own variables and the credentials variable, which a job cannot override
+// (credentialVars).
 func (j *jobRun) containerEnv(cfg images.ImageConfig) []string {
 	req := &j.job.Request
 	var e envBuilder
@@ -528,6 +606,9 @@ func (j *jobRun) containerEnv(cfg images.ImageConfig) []string {
 	set("SM_NUM_GPUS", "0")
 	set("SM_NUM_CPUS", strconv.Itoa(runtime.NumCPU()))
 	e.addList(j.env)
+	if j.credsURI != "" {
+		withCredentials(&e, j.credsURI)
+	}
 	return e.list()
 }
 
@@ -546,6 +627,15 @@ func (e *envBuilder) set(k, v string) {
 		e.order = append(e.order, k)
 	}
 	e.vals[k] = v
+}
+
+// del removes k.
+func (e *envBuilder) del(k string) {
+	if _, ok := e.vals[k]; !ok {
+		return
+	}
+	delete(e.vals, k)
+	e.order = slices.DeleteFunc(e.order, func(o string) bool { return o == k })
 }
 
 // addList adds KEY=value entries.

@@ -136,3 +136,45 @@ func TestImageUserNames(t *testing.T) {
 		t.Fatal("user daemon resolved through a link to the host's /etc/passwd")
 	}
 }
+
+// A container with the credentials endpoint gets its URI and no keys, and
+// neither its image nor its job's Environment can point its SDKs to other
+// credentials; an isolated one gets no credentials variable at all.
+func TestContainerEnvCredentials(t *testing.T) {
+	cfg := images.ImageConfig{Env: []string{"PATH=/bin", "AWS_ACCESS_KEY_ID=AKIAIMAGE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI=/image"}}
+	envOf := func(uri string) (map[string]string, []string) {
+		j := &jobRun{job: &Job{Name: "j", Request: CreateTrainingJobRequest{
+			Environment: map[string]string{"AWS_SECRET_ACCESS_KEY": "user", "AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://127.0.0.1/x", "MINE": "1"},
+		}}, env: []string{"AWS_REGION=us-east-1"}, credsURI: uri}
+		var pj ProcessingJob
+		pj.Request.Environment = j.job.Request.Environment
+		list := j.containerEnv(cfg)
+		m := map[string]string{}
+		for _, kv := range list {
+			k, v, _ := strings.Cut(kv, "=")
+			if _, dup := m[k]; dup {
+				t.Errorf("%s twice in %q", k, list)
+			}
+			m[k] = v
+		}
+		return m, processingEnv(j, &pj.Request, cfg)
+	}
+	m, proc := envOf("/v2/credentials/abc")
+	if m[relativeURIVar] != "/v2/credentials/abc" || m["MINE"] != "1" || m["AWS_REGION"] != "us-east-1" || m["PATH"] != "/bin" {
+		t.Errorf("env %v", m)
+	}
+	for _, k := range credentialVars[:len(credentialVars)-1] {
+		if _, ok := m[k]; ok {
+			t.Errorf("%s kept: %v", k, m)
+		}
+	}
+	if !slices.Contains(proc, relativeURIVar+"=/v2/credentials/abc") || slices.ContainsFunc(proc, func(kv string) bool {
+		return strings.HasPrefix(kv, "AWS_ACCESS_KEY_ID=") || strings.HasPrefix(kv, "AWS_SECRET_ACCESS_KEY=")
+	}) {
+		t.Errorf("processing env %q", proc)
+	}
+	// Isolated: what the image and the job set stays, convoy adds nothing.
+	if m, _ := envOf(""); m[relativeURIVar] != "/image" || m["AWS_SECRET_ACCESS_KEY"] != "user" {
+		t.Errorf("isolated env %v", m)
+	}
+}

@@ -481,6 +481,12 @@ print(json.dumps(res))
 		// The model server stops answering anything, /ping included, but
 		// does not exit: the health checks take it out and replace it.
 		before := e.containers(t, "ep-main")
+		// The instance fetches the model role's credentials from its own
+		// URI at the credentials endpoint, revoked with the instance.
+		oldCreds := credentialsURL(t, c, strings.TrimSuffix(before[0], ".algo-1"))
+		if got := fetchCredentials(t, oldCreds)["RoleArn"]; got != e.role {
+			t.Fatalf("the instance's credentials are of %q, want the model's role %s", got, e.role)
+		}
 		out := filepath.Join(t.TempDir(), "out")
 		r := c.AWS(t, cli, []string{"sagemaker-runtime", "invoke-endpoint", "--endpoint-name", "ep-main", "--body", "fileb://" + writeFile(t, filepath.Join(t.TempDir(), "hang"), []byte("hang")),
 			"--content-type", "text/csv", out}, "AWS_MAX_ATTEMPTS=1")
@@ -497,6 +503,13 @@ print(json.dumps(res))
 		}
 		if !strings.Contains(c.Logs(), "failed 3 health checks in a row") {
 			t.Errorf("convoy's log does not say why the instance was replaced")
+		}
+		revoked(t, oldCreds)
+		after := e.containers(t, "ep-main")
+		if newCreds := credentialsURL(t, c, strings.TrimSuffix(after[0], ".algo-1")); newCreds == oldCreds {
+			t.Error("the replacement instance has its predecessor's credentials URI")
+		} else {
+			fetchCredentials(t, newCreds)
 		}
 	})
 
@@ -611,9 +624,11 @@ print(json.dumps({"ok": ok, "failed": failed, "before": before, "after": after})
 	})
 
 	t.Run("delete", func(t *testing.T) {
-		if len(e.containers(t, "ep-split")) != 1 {
+		running := e.containers(t, "ep-split")
+		if len(running) != 1 {
 			t.Fatal("ep-split does not run")
 		}
+		creds := credentialsURL(t, c, strings.TrimSuffix(running[0], ".algo-1"))
 		awsJSON(t, c, cli, []string{"sagemaker", "delete-endpoint", "--endpoint-name", "ep-split"})
 		awsJSON(t, c, cli, []string{"sagemaker", "delete-endpoint", "--endpoint-name", "ep-loading"}) // while Creating
 		e.waitDeleted(t, "ep-split")
@@ -626,6 +641,7 @@ print(json.dumps({"ok": ok, "failed": failed, "before": before, "after": after})
 		if left := append(e.containers(t, "ep-split"), e.containers(t, "ep-loading")...); len(left) > 0 {
 			t.Fatalf("containers left after DeleteEndpoint: %v", left)
 		}
+		revoked(t, creds)
 		awsFails(t, c, cli, "ValidationError", []string{"sagemaker-runtime", "invoke-endpoint", "--endpoint-name", "ep-split",
 			"--body", "fileb://" + in, filepath.Join(t.TempDir(), "out")})
 		list := awsJSON(t, c, cli, []string{"sagemaker", "list-endpoints"})

@@ -31,7 +31,7 @@ func processingJob(name, role, key string, args ...string) map[string]any {
 			"S3Uri": "s3://output/processed", "LocalPath": "/opt/ml/processing/output", "S3UploadMode": "EndOfJob"}}}},
 		"ProcessingResources": map[string]any{"ClusterConfig": map[string]any{"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 1}},
 		"StoppingCondition":   map[string]any{"MaxRuntimeInSeconds": 300},
-		"Environment":         map[string]string{"JOB_ENV": "yes"},
+		"Environment":         map[string]string{"JOB_ENV": "yes", "PROBE": "s3://input/raw/a.csv"},
 	}
 }
 
@@ -107,7 +107,9 @@ func TestProcessingJob(t *testing.T) {
 		for _, f := range []string{"a.csv", "sub/b.csv"} {
 			fmt.Fprintf(h, "%s\n%d\n%s", f, len(data["raw/"+f]), data["raw/"+f])
 		}
-		want := "job=process-ok host=algo-1 hosts=algo-1\ndigest=2 files " + hex.EncodeToString(h.Sum(nil)) + "\ninput-writable=false\nenv=yes\n"
+		want := "job=process-ok host=algo-1 hosts=algo-1\ndigest=2 files " + hex.EncodeToString(h.Sum(nil)) + "\ninput-writable=false\nenv=yes\n" +
+			// Through the SDK's default chain and the credentials endpoint.
+			"probe=ok 1,2,3\ncredential variables: AWS_CONTAINER_CREDENTIALS_RELATIVE_URI\n"
 		if string(got) != want {
 			t.Fatalf("result.txt:\n%s\nwant:\n%s", got, want)
 		}

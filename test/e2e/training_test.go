@@ -179,6 +179,9 @@ func TestTrainingJobsEndToEnd(t *testing.T) {
 			"env SM_CHANNEL_TRAIN=/opt/ml/input/data/train TRAINING_JOB_NAME=train-ok SM_CURRENT_HOST=algo-1\n",
 			"allowed=ok 1,2,3\n",
 			"denied=error AccessDenied\n",
+			// The SDK found the role's credentials at the endpoint; no key
+			// is in the environment.
+			"credential variables: AWS_CONTAINER_CREDENTIALS_RELATIVE_URI\n",
 		} {
 			if !strings.Contains(m, want) {
 				t.Errorf("model.txt lacks %q:\n%s", want, m)
@@ -255,11 +258,13 @@ func TestTrainingJobsEndToEnd(t *testing.T) {
 		if hits := grepData(t, c.DataDir, canary, vol); len(hits) > 0 {
 			t.Fatalf("training input in plaintext at rest: %v", hits)
 		}
+		creds := containerCredentials(t, c, "train-stop", role)
 		awsJSON(t, c, cli, []string{"sagemaker", "stop-training-job", "--training-job-name", "train-stop"})
 		d := waitFor("train-stop", ended)
 		if str(d, "TrainingJobStatus") != "Stopped" || str(d, "SecondaryStatus") != "Stopped" {
 			t.Fatalf("train-stop: %v", d)
 		}
+		revoked(t, creds)
 		if m := model(t, str(d, "ModelArtifacts", "S3ModelArtifacts")); m["terminated"] != "got SIGTERM\n" {
 			t.Fatalf("the trainer did not see SIGTERM: %v", m)
 		}
@@ -271,8 +276,11 @@ func TestTrainingJobsEndToEnd(t *testing.T) {
 			t.Fatalf("train-isolated: %v", d)
 		}
 		m := model(t, str(d, "ModelArtifacts", "S3ModelArtifacts"))["model.txt"]
-		if !strings.Contains(m, "reach=fail ") {
+		if !strings.Contains(m, "reach=fail ") || !strings.Contains(m, "dial api=fail credentials=fail\n") {
 			t.Fatalf("an isolated job reached convoy:\n%s", m)
+		}
+		if !strings.Contains(m, "credential variables:\n") {
+			t.Fatalf("an isolated job was given credentials:\n%s", m)
 		}
 	})
 

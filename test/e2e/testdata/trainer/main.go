@@ -4,19 +4,24 @@
 // hyperparameter says:
 //
 //	train     digest the train channel, probe S3 with the job's credentials
-//	          (probe_allowed and probe_denied are s3://bucket/key), write
-//	          model.txt and output/data/metrics.txt
+//	          as the SDK's default chain finds them (probe_allowed and
+//	          probe_denied are s3://bucket/key), note which credential
+//	          variables the environment holds, write model.txt and
+//	          output/data/metrics.txt
 //	fail      write /opt/ml/output/failure "bad data" and exit 1
 //	sleep     wait for SIGTERM, write model/terminated, exit 0
 //	pair      algo-1 serves one connection, algo-2 dials algo-1 by name
-//	reach     try to list a bucket through AWS_ENDPOINT_URL (5 s)
+//	reach     try to read probe_allowed through AWS_ENDPOINT_URL (5 s), to
+//	          connect to that endpoint and to the credentials endpoint, and
+//	          note which credential variables the environment holds
 //	canary    the hosts exchange a known string over TCP and UDP (canary.go)
 //
 // Run with the argument "serve" it is an inference container (serve.go).
 //
 // Run with the arguments "process [fail]" it is a processing container
 // instead: it digests /opt/ml/processing/input/data into
-// /opt/ml/processing/output/result.txt, or, with "fail", writes
+// /opt/ml/processing/output/result.txt (reading the S3 object PROBE names,
+// if set, with the SDK's default chain), or, with "fail", writes
 // /opt/ml/output/message "bad input" and exits 1.
 package main
 
@@ -24,14 +29,12 @@ import (
 	"bufio"
 	"context"
 	"crypto/sha256"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
+	neturl "net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -40,8 +43,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/smithy-go"
 )
@@ -80,6 +82,7 @@ func main() {
 		fmt.Fprintf(&model, "env SM_CHANNEL_TRAIN=%s TRAINING_JOB_NAME=%s SM_CURRENT_HOST=%s\n", os.Getenv("SM_CHANNEL_TRAIN"), os.Getenv("TRAINING_JOB_NAME"), os.Getenv("SM_CURRENT_HOST"))
 		fmt.Fprintf(&model, "allowed=%s\n", get(hps["probe_allowed"], 30*time.Second))
 		fmt.Fprintf(&model, "denied=%s\n", get(hps["probe_denied"], 30*time.Second))
+		fmt.Fprintf(&model, "credential variables:%s\n", credentialVars())
 		os.WriteFile("/opt/ml/output/data/metrics.txt", []byte("loss=0.1\n"), 0o644)
 	case "fail":
 		os.WriteFile("/opt/ml/output/failure", []byte("bad data"), 0o644)
@@ -126,6 +129,8 @@ func main() {
 		}
 	case "reach":
 		fmt.Fprintf(&model, "reach=%s\n", get(hps["probe_allowed"], 5*time.Second))
+		fmt.Fprintf(&model, "dial api=%s credentials=%s\n", dial(os.Getenv("AWS_ENDPOINT_URL")), dial("http://169.254.170.2"))
+		fmt.Fprintf(&model, "credential variables:%s\n", credentialVars())
 	case "canary":
 		canary(rc.CurrentHost, hps)
 	default:
@@ -175,29 +180,20 @@ func digest(dir string) string {
 	return fmt.Sprintf("%d files %s", len(files), hex.EncodeToString(h.Sum(nil)))
 }
 
-// get reads s3://bucket/key with the credentials, endpoint and CA bundle
-// the job's environment names, as an AWS SDK in the container would.
+// get reads s3://bucket/key as an AWS SDK in the container would, with
+// nothing but the environment to go on: the SDK's default configuration
+// finds the region, the endpoint (AWS_ENDPOINT_URL), the CA bundle
+// (AWS_CA_BUNDLE) and the credentials (the container credentials endpoint
+// that AWS_CONTAINER_CREDENTIALS_RELATIVE_URI names) by itself.
 func get(uri string, timeout time.Duration) string {
 	bucket, key, _ := strings.Cut(strings.TrimPrefix(uri, "s3://"), "/")
-	pool := x509.NewCertPool()
-	if ca := os.Getenv("AWS_CA_BUNDLE"); ca != "" {
-		pem, err := os.ReadFile(ca)
-		if err != nil {
-			return "no CA: " + err.Error()
-		}
-		pool.AppendCertsFromPEM(pem)
-	}
-	client := s3.New(s3.Options{
-		Region:       os.Getenv("AWS_REGION"),
-		BaseEndpoint: aws.String(os.Getenv("AWS_ENDPOINT_URL")),
-		Credentials: credentials.NewStaticCredentialsProvider(os.Getenv("AWS_ACCESS_KEY_ID"),
-			os.Getenv("AWS_SECRET_ACCESS_KEY"), os.Getenv("AWS_SESSION_TOKEN")),
-		HTTPClient:       &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}},
-		UsePathStyle:     true,
-		RetryMaxAttempts: 1,
-	})
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
+	cfg, err := config.LoadDefaultConfig(ctx, config.WithRetryMaxAttempts(1))
+	if err != nil {
+		return "no config: " + err.Error()
+	}
+	client := s3.NewFromConfig(cfg, func(o *s3.Options) { o.UsePathStyle = true })
 	out, err := client.GetObject(ctx, &s3.GetObjectInput{Bucket: &bucket, Key: &key})
 	if err != nil {
 		var ae smithy.APIError
@@ -210,6 +206,37 @@ func get(uri string, timeout time.Duration) string {
 	b := make([]byte, 64)
 	n, _ := out.Body.Read(b)
 	return "ok " + strings.TrimSpace(string(b[:n]))
+}
+
+// credentialVars lists the AWS credential variables set in the
+// environment, by name only: their values are secrets or capabilities.
+func credentialVars() string {
+	var b strings.Builder
+	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+		"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI"} {
+		if _, ok := os.LookupEnv(k); ok {
+			b.WriteString(" " + k)
+		}
+	}
+	return b.String()
+}
+
+// dial says whether a TCP connection to the host of url opens within 2 s.
+func dial(url string) string {
+	u, err := neturl.Parse(url)
+	if err != nil || u.Host == "" {
+		return "bad-url"
+	}
+	host := u.Host
+	if u.Port() == "" {
+		host = net.JoinHostPort(u.Hostname(), map[string]string{"http": "80", "https": "443"}[u.Scheme])
+	}
+	c, err := net.DialTimeout("tcp", host, 2*time.Second)
+	if err != nil {
+		return "fail"
+	}
+	c.Close()
+	return "ok"
 }
 
 // process is the processing mode.
@@ -231,6 +258,10 @@ func process(args []string) {
 	err := os.WriteFile("/opt/ml/processing/input/data/x", []byte("x"), 0o644)
 	fmt.Fprintf(&out, "input-writable=%t\n", err == nil)
 	fmt.Fprintf(&out, "env=%s\n", os.Getenv("JOB_ENV"))
+	if probe := os.Getenv("PROBE"); probe != "" {
+		fmt.Fprintf(&out, "probe=%s\n", get(probe, 30*time.Second))
+	}
+	fmt.Fprintf(&out, "credential variables:%s\n", credentialVars())
 	if err := os.WriteFile("/opt/ml/processing/output/result.txt", []byte(out.String()), 0o644); err != nil {
 		os.WriteFile("/opt/ml/output/message", []byte(err.Error()), 0o644)
 		os.Exit(2)
