@@ -88,6 +88,16 @@ type entry struct {
 	role    iam.Role
 	session string
 	until   time.Time // zero: until revoked
+	// last is the answer given last, handed out again while more than a
+	// third of its lifetime remains (see ServeHTTP); nil before the first.
+	last *answer
+}
+
+// answer is minted credentials and when they expire.
+type answer struct {
+	body []byte
+	exp  time.Time
+	life time.Duration
 }
 
 // New returns a server that mints with m.
@@ -171,20 +181,43 @@ func (s *Server) Register(role iam.Role, session string, until time.Time) (relat
 
 func (e entry) expired(now time.Time) bool { return !e.until.IsZero() && !now.Before(e.until) }
 
-// lookup finds the registration of id, dropping it if it has ended.
-func (s *Server) lookup(id string, now time.Time) (entry, bool) {
+// credentials returns the answer for id: the last one while more than a
+// third of its lifetime remains, else newly minted ones. An SDK asks again
+// only when its credentials near their end (boto3: 15 minutes before), so
+// a container normally causes one mint per two thirds of a lifetime, and
+// one that asks in a loop causes no more. false: id has no registration,
+// or it has ended (then it is dropped).
+func (s *Server) credentials(id string, now time.Time) (*answer, bool) {
 	key := sha256.Sum256([]byte(id))
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e, ok := s.entries[key]
 	if ok && e.expired(now) {
 		delete(s.entries, key)
-		return entry{}, false
+		return nil, false
 	}
-	return e, ok
+	if !ok {
+		return nil, false
+	}
+	if a := e.last; a != nil && a.exp.Sub(now) > a.life/3 {
+		return a, true
+	}
+	d := s.lifetime()
+	if !e.until.IsZero() {
+		d = min(d, e.until.Sub(now))
+	}
+	// Minting holds the lock: it is a local signature, not a network call.
+	akid, secret, token, exp := s.minter.RoleCredentials(e.role, e.session, d)
+	body, _ := json.Marshal(response{
+		AccessKeyID: akid, SecretAccessKey: secret, Token: token,
+		Expiration: exp.UTC().Format("2006-01-02T15:04:05Z"), RoleArn: e.role.ARN,
+	})
+	e.last = &answer{body: body, exp: exp, life: d}
+	s.entries[key] = e
+	return e.last, true
 }
 
-// lifetime is the configured lifetime of an answer.
+// lifetime is the configured lifetime of minted credentials.
 func (s *Server) lifetime() time.Duration {
 	d, floor := s.Lifetime, s.MinLifetime
 	if d == 0 {
@@ -218,21 +251,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := s.now()
-	e, ok := s.lookup(id, now)
+	a, ok := s.credentials(id, now)
 	if !ok {
 		s.fail(w, http.StatusNotFound, "NotFound", "no credentials at this URI: the job or endpoint instance it was given to has ended, "+
 			"or it never existed. Use the AWS_CONTAINER_CREDENTIALS_RELATIVE_URI of a running job.")
 		return
 	}
-	d := s.lifetime()
-	if !e.until.IsZero() {
-		d = min(d, e.until.Sub(now))
-	}
-	akid, secret, token, exp := s.minter.RoleCredentials(e.role, e.session, d)
-	body, _ := json.Marshal(response{
-		AccessKeyID: akid, SecretAccessKey: secret, Token: token,
-		Expiration: exp.UTC().Format("2006-01-02T15:04:05Z"), RoleArn: e.role.ARN,
-	})
+	body := a.body
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("Cache-Control", "no-store")

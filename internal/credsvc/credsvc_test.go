@@ -130,12 +130,12 @@ func TestRealSTS(t *testing.T) {
 	if secret != fields["SecretAccessKey"] || p.RoleARN != role.ARN || !strings.HasSuffix(p.ARN, ":assumed-role/trainer/job-1") {
 		t.Errorf("STS sees %s (role %s), secret match %t", p.ARN, p.RoleARN, secret == fields["SecretAccessKey"])
 	}
-	// Every answer is a fresh session.
+	// Asked again at once, the same session (see TestReuse).
 	_, _, again := get(t, http.MethodGet, base+uri)
 	var second map[string]string
 	json.Unmarshal(again, &second)
-	if second["AccessKeyId"] == "" || second["AccessKeyId"] == fields["AccessKeyId"] {
-		t.Errorf("second answer's key %q", second["AccessKeyId"])
+	if second["AccessKeyId"] != fields["AccessKeyId"] {
+		t.Errorf("second answer's key %q, want the first's %q", second["AccessKeyId"], fields["AccessKeyId"])
 	}
 
 	revoke()
@@ -356,4 +356,55 @@ func TestConcurrent(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// An answer is handed out again while more than a third of its lifetime
+// remains, then new credentials are minted: an SDK that asks as its
+// credentials near their end gets fresh ones, a container asking in a loop
+// mints nothing. Revocation ends it at once all the same.
+func TestReuse(t *testing.T) {
+	role := iam.Role{Name: "r", ARN: "arn:aws:iam::123456789012:role/r"}
+	s, m, clk := fakeServer()
+	uri, revoke := s.Register(role, "s", time.Time{})
+	ask := func() response {
+		t.Helper()
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, httptest.NewRequest(http.MethodGet, uri, nil))
+		if w.Code != http.StatusOK {
+			t.Fatalf("%d %s", w.Code, w.Body)
+		}
+		var r response
+		if err := json.Unmarshal(w.Body.Bytes(), &r); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	mints := func() int { m.mu.Lock(); defer m.mu.Unlock(); return len(m.asked) }
+	first := ask()
+	for range 100 {
+		if r := ask(); r != first {
+			t.Fatalf("asked again at once: %+v, want the first answer %+v", r, first)
+		}
+	}
+	if mints() != 1 {
+		t.Fatalf("101 answers at once minted %d times, want once", mints())
+	}
+	clk.add(40*time.Minute - time.Second) // 20 min and 1 s left of 1 h
+	if ask() != first || mints() != 1 {
+		t.Fatalf("with more than a third left: %d mints, want the first answer again", mints())
+	}
+	clk.add(2 * time.Second) // 19 min 59 s left
+	second := ask()
+	if mints() != 2 {
+		t.Fatalf("with less than a third left: %d mints, want a new one", mints())
+	}
+	if second.Expiration == first.Expiration {
+		t.Errorf("new answer expires %s, as the old one", second.Expiration)
+	}
+	revoke()
+	w := httptest.NewRecorder()
+	s.ServeHTTP(w, httptest.NewRequest(http.MethodGet, uri, nil))
+	if w.Code != http.StatusNotFound {
+		t.Errorf("after revoke, with an answer held: %d", w.Code)
+	}
 }
