@@ -2,7 +2,6 @@ package runtime
 
 import (
 	"crypto/tls"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -22,7 +21,6 @@ import (
 //	CONVOY_BENCH=1 go test -run TestRuntimeFIPSRatio -v -count=1 ./bench/runtime/
 func TestRuntimeFIPSRatio(t *testing.T) {
 	needBench(t)
-	rounds, roundTime, workers := settings(t)
 	cpid := map[string]int{} // each convoy's model container process
 	start := func(name string, o harness.Options) *target {
 		c := harness.Start(t, o)
@@ -45,58 +43,34 @@ func TestRuntimeFIPSRatio(t *testing.T) {
 	}
 	plain := start("default", harness.Options{})
 	fips := start("fips", harness.Options{Args: []string{"--fips"}, Env: []string{"GODEBUG=fips140=on"}})
-	for _, size := range []int{1 << 10, 1 << 20} {
-		body := payload(size)
-		label := map[int]string{1 << 10: "1KiB", 1 << 20: "1MiB"}[size]
-		for _, kind := range []string{"latency", "throughput"} {
-			w := 1
-			if kind == "throughput" {
-				w = workers
+	alternate(t, plain, fips, func(tg *target) int { return cpid[tg.name] }, func(label, kind string, res map[string][]result) {
+		med := func(name string, f func(result) float64) float64 {
+			var v []float64
+			for _, r := range res[name] {
+				v = append(v, f(r))
 			}
-			res := map[string][]result{}
-			for round := range rounds {
-				order := []*target{plain, fips}
-				if round%2 == 1 {
-					slices.Reverse(order)
-				}
-				for _, tg := range order {
-					r := run(tg, cpid[tg.name], w, roundTime, body)
-					if r.firstErr != nil {
-						t.Fatalf("%s %s %s round %d: %v", label, kind, tg.name, round+1, r.firstErr)
-					}
-					res[tg.name] = append(res[tg.name], r)
-					t.Logf("round %d %-7s %-4s %-10s %8.0f req/s  p50 %7.0fµs  p99 %7.0fµs  CPU/op: convoy %s, model %s, client %s; others %.0f%%",
-						round+1, tg.name, label, kind, r.perSec(), us(r.pct(0.5)), us(r.pct(0.99)), perOp(r.server, r), perOp(r.model, r), perOp(r.client, r), r.share())
-				}
-			}
-			med := func(name string, f func(result) float64) float64 {
-				var v []float64
-				for _, r := range res[name] {
-					v = append(v, f(r))
-				}
-				return median(v)
-			}
-			cpu := func(name string) float64 {
-				return med(name, func(r result) float64 { return us(r.server) / float64(r.ops) })
-			}
-			verdict := func(cost float64) string {
-				if cost <= 0.05 {
-					return "met"
-				}
-				return "MISSED"
-			}
-			if kind == "latency" {
-				p50d, p50f := med("default", func(r result) float64 { return us(r.pct(0.5)) }), med("fips", func(r result) float64 { return us(r.pct(0.5)) })
-				p99d, p99f := med("default", func(r result) float64 { return us(r.pct(0.99)) }), med("fips", func(r result) float64 { return us(r.pct(0.99)) })
-				cost := p50f/p50d - 1
-				t.Logf("RESULT %s latency: p50 default %.0fµs fips %.0fµs (FIPS cost %+.1f%%; goal <= 5%%: %s), p99 default %.0fµs fips %.0fµs",
-					label, p50d, p50f, 100*cost, verdict(cost), p99d, p99f)
-			} else {
-				rd, rf := med("default", result.perSec), med("fips", result.perSec)
-				cost := rd/rf - 1
-				t.Logf("RESULT %s throughput: default %.0f req/s, fips %.0f req/s (FIPS cost %+.1f%%; goal <= 5%%: %s)", label, rd, rf, 100*cost, verdict(cost))
-			}
-			t.Logf("CPU    %s %s: convoy process %.0fµs per invocation default, %.0fµs fips", label, kind, cpu("default"), cpu("fips"))
+			return median(v)
 		}
-	}
+		cpu := func(name string) float64 {
+			return med(name, func(r result) float64 { return us(r.server) / float64(r.ops) })
+		}
+		verdict := func(cost float64) string {
+			if cost <= 0.05 {
+				return "met"
+			}
+			return "MISSED"
+		}
+		if kind == "latency" {
+			p50d, p50f := med("default", func(r result) float64 { return us(r.pct(0.5)) }), med("fips", func(r result) float64 { return us(r.pct(0.5)) })
+			p99d, p99f := med("default", func(r result) float64 { return us(r.pct(0.99)) }), med("fips", func(r result) float64 { return us(r.pct(0.99)) })
+			cost := p50f/p50d - 1
+			t.Logf("RESULT %s latency: p50 default %.0fµs fips %.0fµs (FIPS cost %+.1f%%; goal <= 5%%: %s), p99 default %.0fµs fips %.0fµs",
+				label, p50d, p50f, 100*cost, verdict(cost), p99d, p99f)
+		} else {
+			rd, rf := med("default", result.perSec), med("fips", result.perSec)
+			cost := rd/rf - 1
+			t.Logf("RESULT %s throughput: default %.0f req/s, fips %.0f req/s (FIPS cost %+.1f%%; goal <= 5%%: %s)", label, rd, rf, 100*cost, verdict(cost))
+		}
+		t.Logf("CPU    %s %s: convoy process %.0fµs per invocation default, %.0fµs fips", label, kind, cpu("default"), cpu("fips"))
+	})
 }

@@ -385,6 +385,20 @@ func TestRuntimeRatio(t *testing.T) {
 	pid, _ := strconv.Atoi(c.Env["CONVOY_PID"])
 	e := setup(t, c, pid)
 	t.Logf("container %s (pid %d), convoy pid %d; %d rounds of %s, throughput with %d goroutines", e.container, e.cpid, pid, rounds, roundTime, workers)
+	alternate(t, e.convoy, e.direct, func(*target) int { return e.cpid }, func(label, kind string, res map[string][]result) {
+		summarize(t, label, kind, res)
+	})
+}
+
+// alternate runs every workload — 1 KiB and 1 MiB payloads, latency (one
+// request at a time) and throughput (settings' goroutines) — on targets a
+// and b in alternating rounds (ABBA), so that drift in the load of the
+// shared machine falls on both, logs each round and hands each workload's
+// results, by target name, to done. cpid gives the process of a target's
+// model container, whose CPU is counted.
+func alternate(t *testing.T, a, b *target, cpid func(*target) int, done func(label, kind string, res map[string][]result)) {
+	t.Helper()
+	rounds, roundTime, workers := settings(t)
 	for _, size := range []int{1 << 10, 1 << 20} {
 		body := payload(size)
 		label := map[int]string{1 << 10: "1KiB", 1 << 20: "1MiB"}[size]
@@ -395,21 +409,21 @@ func TestRuntimeRatio(t *testing.T) {
 			}
 			res := map[string][]result{}
 			for round := range rounds {
-				order := []*target{e.convoy, e.direct}
+				order := []*target{a, b}
 				if round%2 == 1 {
 					slices.Reverse(order)
 				}
 				for _, tg := range order {
-					r := run(tg, e.cpid, w, roundTime, body)
+					r := run(tg, cpid(tg), w, roundTime, body)
 					if r.firstErr != nil {
 						t.Fatalf("%s %s %s round %d: %v", label, kind, tg.name, round+1, r.firstErr)
 					}
 					res[tg.name] = append(res[tg.name], r)
-					t.Logf("round %d %-6s %-4s %-10s %8.0f req/s  p50 %7.0fµs  p99 %7.0fµs  CPU/op: convoy %s, model %s, client %s; others %.0f%%",
+					t.Logf("round %d %-7s %-4s %-10s %8.0f req/s  p50 %7.0fµs  p99 %7.0fµs  CPU/op: convoy %s, model %s, client %s; others %.0f%%",
 						round+1, tg.name, label, kind, r.perSec(), us(r.pct(0.5)), us(r.pct(0.99)), perOp(r.server, r), perOp(r.model, r), perOp(r.client, r), r.share())
 				}
 			}
-			summarize(t, label, kind, res)
+			done(label, kind, res)
 		}
 	}
 }
