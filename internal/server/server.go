@@ -92,6 +92,15 @@ func New(cfg Config) *Server {
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    cfg.MaxHeaderBytes,
 		ErrorLog:          log.New(&httpErrorLog{s: s}, "", 0),
+		// HTTP/2 flow-control windows at net/http's largest (default
+		// 1 MiB): an upload over HTTP/2 (the Go SDK's S3 PUTs) waits less
+		// for WINDOW_UPDATEs while the handler seals and writes; 1 GiB
+		// PUTs went from 262–283 to 326 MB/s here (bench/RESULTS.md). A
+		// connection buffers at most this much unread body.
+		HTTP2: &http.HTTP2Config{
+			MaxReceiveBufferPerConnection: 4<<20 - 1,
+			MaxReceiveBufferPerStream:     4<<20 - 1,
+		},
 	}
 	return s
 }
