@@ -10,7 +10,9 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
@@ -27,6 +29,55 @@ type DB struct {
 	// (SQLite's busy handler), and under a burst of writes some wait a
 	// second or more while others go first.
 	write sync.Mutex
+
+	// stmts caches prepared statements by their SQL text (see stmt).
+	stmts  sync.Map // string → *sql.Stmt
+	nstmts atomic.Int32
+}
+
+// maxStmts bounds the statement cache: convoy's SQL texts are constants,
+// but a caller that built its text from input must not grow it forever.
+const maxStmts = 512
+
+// stmt returns the cached prepared statement of query, preparing it on
+// first use, or nil when it is not to be cached (the cache is full, the
+// text holds several statements, or preparing failed — the caller's own
+// call then reports the error). modernc.org/sqlite compiles the SQL text
+// of every unprepared query anew: about 20 µs each, a tenth of a small
+// PutObject's CPU; database/sql keeps a prepared statement per connection.
+func (d *DB) stmt(ctx context.Context, query string) *sql.Stmt {
+	if s, ok := d.stmts.Load(query); ok {
+		return s.(*sql.Stmt)
+	}
+	if d.nstmts.Load() >= maxStmts || strings.Contains(strings.TrimRight(query, "; \t\n"), ";") {
+		return nil
+	}
+	s, err := d.DB.PrepareContext(ctx, query)
+	if err != nil {
+		return nil
+	}
+	if prev, loaded := d.stmts.LoadOrStore(query, s); loaded {
+		s.Close()
+		return prev.(*sql.Stmt)
+	}
+	d.nstmts.Add(1)
+	return s
+}
+
+// QueryRowContext is sql.DB's, with the statement cache.
+func (d *DB) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	if s := d.stmt(ctx, query); s != nil {
+		return s.QueryRowContext(ctx, args...)
+	}
+	return d.DB.QueryRowContext(ctx, query, args...)
+}
+
+// QueryContext is sql.DB's, with the statement cache.
+func (d *DB) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	if s := d.stmt(ctx, query); s != nil {
+		return s.QueryContext(ctx, args...)
+	}
+	return d.DB.QueryContext(ctx, query, args...)
 }
 
 // OpenSQLite opens (creating if needed) the SQLite database at path.
@@ -101,6 +152,9 @@ func (d *DB) Migrate(ctx context.Context, component string, migrations []string)
 func (d *DB) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
 	d.write.Lock()
 	defer d.write.Unlock()
+	if s := d.stmt(ctx, query); s != nil {
+		return s.ExecContext(ctx, args...)
+	}
 	return d.DB.ExecContext(ctx, query, args...)
 }
 
