@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/signal"
@@ -11,6 +12,7 @@ import (
 
 	"convoy/internal/daemon"
 	"convoy/internal/images"
+	"convoy/internal/scan"
 )
 
 func imagesCmd() *cobra.Command {
@@ -96,6 +98,76 @@ A compressed archive must be decompressed first.`,
 			return nil
 		},
 	}
-	cmd.AddCommand(importCmd, listCmd, rmCmd)
+	var asJSON bool
+	var failOn string
+	scanCmd := &cobra.Command{
+		Use:   "scan NAME[:TAG]",
+		Short: "List the known vulnerabilities of an image's packages",
+		Long: `Scan an imported image against the vulnerability database (convoy vulndb
+import): its Debian or Alpine packages, the modules and Go version of its Go
+binaries, and its Python packages. Findings are listed most severe first,
+with the version that fixes each when the database names one.
+
+Severity is the record's own rating (GitHub advisories' LOW, MODERATE, HIGH,
+CRITICAL), else NVD's rating of its CVSS base score, else UNKNOWN. UNKNOWN
+findings are listed but never reach a threshold.
+
+--fail-on exits non-zero when a finding reaches that severity, for scripts;
+convoy up applies the same test to every image it runs
+(--deny-image-severity).`,
+		Example: `  convoy images scan trainer:1
+  convoy images scan trainer:1 --json
+  convoy images scan trainer:1 --fail-on high`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			threshold := scan.Unknown
+			if failOn != "" {
+				var err error
+				if threshold, err = scan.ParseThreshold(failOn); err != nil {
+					return fmt.Errorf("--fail-on: %w", err)
+				}
+			}
+			db, err := scan.Load(dataDir)
+			if err != nil {
+				return err
+			}
+			s, err := images.Open(dataDir)
+			if err != nil {
+				return err
+			}
+			img, err := s.Resolve(args[0])
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			rootfs, err := s.RootFS(ctx, img)
+			if err != nil {
+				return err
+			}
+			r, err := scan.ScanImage(db, img, rootfs)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				err = enc.Encode(r)
+			} else {
+				err = scan.WriteTable(out, r)
+			}
+			if err != nil {
+				return err
+			}
+			if n := len(r.AtOrAbove(threshold)); n > 0 {
+				return fmt.Errorf("%s: %d known vulnerabilities of severity %s or higher (--fail-on %s)", args[0], n, threshold, failOn)
+			}
+			return nil
+		},
+	}
+	scanCmd.Flags().BoolVar(&asJSON, "json", false, "write the report as JSON")
+	scanCmd.Flags().StringVar(&failOn, "fail-on", "", "exit 1 when a finding is of this severity or higher: critical, high, medium or low")
+	cmd.AddCommand(importCmd, listCmd, rmCmd, scanCmd)
 	return cmd
 }

@@ -15,12 +15,13 @@ import (
 
 	"convoy/internal/daemon"
 	"convoy/internal/logbuf"
+	"convoy/internal/scan"
 	"convoy/internal/tlsconf"
 )
 
 func upCmd() *cobra.Command {
 	o := daemon.Options{}
-	var profile, logLevel, logFormat string
+	var profile, logLevel, logFormat, denySeverity string
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Run convoy: the HTTPS API endpoint and everything behind it, in one process",
@@ -47,7 +48,14 @@ every endpoint with the fips profile and writes CONVOY_FIPS_ENDPOINT;
 With the module on, Go holds every TLS connection of the process to approved
 algorithms. The only non-approved algorithms convoy uses are MD5 for S3 ETags
 and Content-MD5, and SHA-1 for a client's x-amz-checksum-sha1: integrity
-identifiers that S3 fixes, isolated in internal/fipsexempt.`,
+identifiers that S3 fixes, isolated in internal/fipsexempt.
+
+Image vulnerability gate (--deny-image-severity, default critical): before a
+training or processing job or an endpoint runs an image, convoy scans it
+against the OSV database imported with convoy vulndb import and refuses it
+if a known vulnerability is of that severity or higher. Without a database
+nothing is refused, and convoy says so once at start. An import takes effect
+without a restart.`,
 		Example: `  convoy up
   convoy up --data /srv/convoy --listen 0.0.0.0:4443 --tls-profile compat
   GODEBUG=fips140=on convoy up --fips
@@ -59,6 +67,9 @@ identifiers that S3 fixes, isolated in internal/fipsexempt.`,
 				return err
 			}
 			o.Profile = p
+			if o.DenyImageSeverity, err = scan.ParseThreshold(denySeverity); err != nil {
+				return fmt.Errorf("--deny-image-severity: %w", err)
+			}
 			if o.CertLifetime < 2*time.Second {
 				return fmt.Errorf("--cert-lifetime %s is too short", o.CertLifetime)
 			}
@@ -97,6 +108,7 @@ identifiers that S3 fixes, isolated in internal/fipsexempt.`,
 	f.DurationVar(&o.StopGrace, "training-stop-grace", 120*time.Second, "time a training container has between SIGTERM and SIGKILL when its job is stopped or exceeds MaxRuntimeInSeconds")
 	f.DurationVar(&o.EndpointHealthInterval, "endpoint-health-interval", 5*time.Second, "pause between health checks (GET /ping, 2 s timeout) of each endpoint instance in service; an instance that fails 3 in a row is taken out of the routes and replaced")
 	f.BoolVar(&o.RequireInternodeEncryption, "require-internode-encryption", false, "refuse training and processing jobs of more than one instance that do not set EnableInterContainerTrafficEncryption")
+	f.StringVar(&denySeverity, "deny-image-severity", "critical", "refuse images with known vulnerabilities of this severity or higher (critical, high, medium, low or none) to jobs and endpoints; without a database (convoy vulndb import) nothing is refused")
 	f.DurationVar(&o.STSMinDuration, "sts-min-session-duration", 0, "shortest STS session a client may request (default 15m, as AWS); for tests")
 	f.MarkHidden("sts-min-session-duration")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

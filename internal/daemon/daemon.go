@@ -33,6 +33,7 @@ import (
 	"convoy/internal/pki"
 	"convoy/internal/runtime"
 	"convoy/internal/sagemaker"
+	"convoy/internal/scan"
 	"convoy/internal/sealbox"
 	"convoy/internal/server"
 	"convoy/internal/state"
@@ -73,6 +74,11 @@ type Options struct {
 	// RequireInternodeEncryption refuses jobs of more than one instance
 	// that do not ask for inter-container traffic encryption.
 	RequireInternodeEncryption bool
+	// DenyImageSeverity refuses images with known vulnerabilities of this
+	// severity or higher (internal/scan) to training and processing jobs
+	// and endpoints. The zero value, scan.Unknown, refuses none; convoy up
+	// defaults to scan.Critical.
+	DenyImageSeverity scan.Severity
 
 	Logger *slog.Logger
 	Stdout io.Writer
@@ -355,6 +361,9 @@ func trainingRunner(o Options, addr *net.TCPAddr, caBundle string, tokens *sts.S
 		Listen: listen, CAPEM: caPEM, Region: o.Region, StopGrace: o.StopGrace, Log: log,
 		Volumes: volume.Gocryptfs{}, Mesh: meshSupervisor(o, log),
 	}
+	gate := &scan.Scanner{DataDir: o.DataDir, Threshold: o.DenyImageSeverity, Log: log}
+	gate.StartupWarning()
+	runner.Gate = gate
 	if err := volume.Check(); err != nil {
 		log.Warn("training and processing jobs will fail until this is fixed", "err", err)
 	}

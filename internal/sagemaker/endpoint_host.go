@@ -97,10 +97,20 @@ const (
 	stopGrace = 3 * time.Second
 )
 
-// CheckImage tells whether an image is in the store.
-func (h *LocalModelHost) CheckImage(image string) error {
-	_, err := h.Runner.Images.Resolve(image)
-	return err
+// CheckImage tells whether an image is in the store and, when the runner
+// has a Gate, whether the gate lets it run (which may unpack and scan it:
+// once per image and vulnerability database).
+func (h *LocalModelHost) CheckImage(ctx context.Context, image string) error {
+	r := h.Runner
+	img, err := r.Images.Resolve(image)
+	if err != nil || r.Gate == nil {
+		return err
+	}
+	rootfs, err := r.Images.RootFS(ctx, img)
+	if err != nil {
+		return fmt.Errorf("unpack image %s: %w", img.Ref, err)
+	}
+	return r.Gate.CheckImage(ctx, img, rootfs)
 }
 
 // Tidy removes the model data that deployments of an earlier convoy left
@@ -306,6 +316,9 @@ func (dep *localDeployment) startVariant(ctx context.Context, v *localVariant) e
 	rootfs, err := r.Images.RootFS(ctx, img)
 	if err != nil {
 		return fmt.Errorf("variant %s: unpack image %s: %v", spec.VariantName, img.Ref, err)
+	}
+	if err := r.checkGate(ctx, img, rootfs); err != nil {
+		return fmt.Errorf("variant %s: %v", spec.VariantName, err)
 	}
 	uid, gid, err := imageUserIn(rootfs, img.Config.User)
 	if err != nil {

@@ -128,9 +128,10 @@ func (s *Service) modelARN(name string) string {
 }
 
 // ImageChecker is implemented by a ModelHost that can tell, before a model
-// is recorded, that it could never run its image.
+// is recorded, that it could never run its image, or may not (the
+// vulnerability gate).
 type ImageChecker interface {
-	CheckImage(image string) error
+	CheckImage(ctx context.Context, image string) error
 }
 
 func (s *Service) createModel(r *http.Request, p *iam.Principal, body []byte) (any, error) {
@@ -157,7 +158,7 @@ func (s *Service) createModel(r *http.Request, p *iam.Principal, body []byte) (a
 		}
 	}
 	if c, ok := s.hosting.host.(ImageChecker); ok {
-		if err := c.CheckImage(req.container().Image); err != nil {
+		if err := c.CheckImage(ctx, req.container().Image); err != nil {
 			return nil, validation("Image %q cannot be used: %v", req.container().Image, err)
 		}
 	}

@@ -106,6 +106,9 @@ func (r *LocalRunner) RunProcessing(ctx context.Context, job *ProcessingJob, sta
 	if err != nil {
 		return procFailed("InternalServerError: unpack image %s: %v", img.Ref, err)
 	}
+	if err := r.checkGate(ctx, img, rootfs); err != nil {
+		return procFailed("%s", clip("ClientError: "+err.Error()))
+	}
 	uid, gid, err := imageUserIn(rootfs, img.Config.User)
 	if err != nil {
 		return procFailed("ClientError: image %s: %v", img.Ref, err)

@@ -148,7 +148,32 @@ type LocalRunner struct {
 	// StopGrace is how long a host has between SIGTERM and SIGKILL when a
 	// job is stopped or runs out of time (SageMaker: 120 s).
 	StopGrace time.Duration
-	Log       *slog.Logger
+	// Gate, if set, is asked about every image before a job or endpoint
+	// runs it (internal/scan: known vulnerabilities); its error refuses the
+	// image.
+	Gate ImageGate
+	Log  *slog.Logger
+}
+
+// ImageGate decides whether an image, unpacked at rootfs, may run.
+type ImageGate interface {
+	CheckImage(ctx context.Context, img images.Image, rootfs string) error
+}
+
+// checkGate asks r.Gate, if there is one, about img.
+func (r *LocalRunner) checkGate(ctx context.Context, img images.Image, rootfs string) error {
+	if r.Gate == nil {
+		return nil
+	}
+	return r.Gate.CheckImage(ctx, img, rootfs)
+}
+
+// clip cuts a failure reason to SageMaker's 1,024 characters.
+func clip(s string) string {
+	if len(s) <= maxFailure {
+		return s
+	}
+	return strings.ToValidUTF8(s[:maxFailure-3], "") + "..."
 }
 
 var _ Validator = (*LocalRunner)(nil)
@@ -333,6 +358,9 @@ func (r *LocalRunner) Run(ctx context.Context, job *Job, report Reporter) (out O
 	rootfs, err := r.Images.RootFS(ctx, img)
 	if err != nil {
 		return failed("InternalServerError: unpack training image %s: %v", img.Ref, err)
+	}
+	if err := r.checkGate(ctx, img, rootfs); err != nil {
+		return failed("%s", clip("ClientError: "+err.Error()))
 	}
 	uid, gid, err := imageUserIn(rootfs, img.Config.User)
 	if err != nil {
