@@ -27,7 +27,7 @@ Start it, then point your tools at it:
   aws --endpoint-url "$CONVOY_ENDPOINT" sts get-caller-identity`,
 		SilenceUsage: true,
 	}
-	root.AddCommand(upCmd(), versionCmd(), tlsCmd(), imagesCmd(), vulndbCmd(), logsCmd(), jobsCmd(), meshAgentCmd())
+	root.AddCommand(upCmd(), versionCmd(), tlsCmd(), imagesCmd(), vulndbCmd(), logsCmd(), jobsCmd(), meshAgentCmd(), edgeCmd())
 	if err := root.Execute(); err != nil {
 		os.Exit(1)
 	}

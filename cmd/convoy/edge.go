@@ -1,0 +1,211 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"convoy/internal/edge"
+	"convoy/internal/tlsconf"
+)
+
+func edgeCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "edge",
+		Short: "Run an edge core: an mTLS MQTT broker for local devices, component IPC, and store-and-forward to a convoy cloud",
+		Long: `convoy edge turns a machine into a core device, as AWS IoT Greengrass does:
+
+  devices     connect to the core's MQTT broker over TLS only, each with its own
+              client certificate from the core's device CA; the MQTT client ID
+              must be the certificate's CN. A device may publish and subscribe
+              under devices/<name>/# and subscribe to broadcast/#, nothing else.
+  components  on the core connect to DATA/ipc.sock (MQTT, unencrypted: it never
+              leaves the machine, as in Greengrass) and are admitted only if
+              their user ID is root's, the data directory owner's, or listed in
+              --ipc-allow-uid. They may use every topic.
+  uplink      every message on devices/+/telemetry/# is stored on disk before it
+              is acknowledged, then uploaded in batches to the cloud convoy's S3
+              over HTTPS; nothing is lost while the cloud is unreachable.
+
+Start with convoy edge init, issue device certificates with convoy edge devices
+add, then convoy edge run.`,
+	}
+	cmd.AddCommand(edgeInitCmd(), edgeDevicesCmd(), edgeRunCmd())
+	return cmd
+}
+
+func edgeInitCmd() *cobra.Command {
+	var dir string
+	var id edge.Identity
+	host, _ := os.Hostname()
+	cmd := &cobra.Command{
+		Use:   "init",
+		Short: "Create the core's data directory and PKI (device CA, broker CA)",
+		Long: `Create DATA (mode 0700) with two certificate authorities: the device CA,
+which signs device certificates and is the only issuer the broker accepts from
+devices, and the broker CA, which signs the broker's serving certificate and
+which devices trust (the ca.crt of convoy edge devices add). Keys are 0600.
+
+The broker's certificate names localhost, 127.0.0.1, ::1, --name and every --ip;
+it lives 30 days and is renewed while convoy edge run runs. Running init again
+keeps the CAs and updates the names.`,
+		Example: `  convoy edge init --data /srv/edge
+  convoy edge init --data /srv/edge --name core1.plant.example --ip 192.168.10.5`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := edge.Init(dir, id); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "edge core %q initialised in %s\nnext: convoy edge devices add NAME --data %s --out DIR\n", id.Name, dir, dir)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&dir, "data", "", "the core's data directory (required)")
+	f.StringVar(&id.Name, "name", host, "the core's name: a DNS name in the broker certificate and its folder in the cloud bucket")
+	f.StringSliceVar(&id.IPs, "ip", nil, "extra IP address for the broker certificate (repeatable)")
+	cmd.MarkFlagRequired("data")
+	return cmd
+}
+
+func edgeDevicesCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "devices", Short: "Manage the certificates of local devices"}
+	var dir, out string
+	var lifetime time.Duration
+	add := &cobra.Command{
+		Use:   "add NAME",
+		Short: "Issue a client certificate for device NAME",
+		Long: `Issue a client certificate with CN=NAME from the core's device CA and write
+OUT/NAME.crt, OUT/NAME.key (mode 0600) and OUT/ca.crt (the CA that signs the
+broker's certificate). NAME is 1 to 64 letters, digits, '_' or '-', and is the
+MQTT client ID the device must use.
+
+Certificates live one year by default (--lifetime): short enough that a lost
+device's credential expires by itself, long enough for a device that is out of
+reach for months. Re-issue before then; an existing key is never overwritten.`,
+		Example: `  convoy edge devices add sensor-1 --data /srv/edge --out ./sensor-1`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[0]
+			f, err := edge.AddDevice(dir, name, out, lifetime)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "device %q: certificate valid until %s\n  %s\n  %s\n  %s\n\npublish with:\n  mosquitto_pub --cafile %s --cert %s --key %s -h 127.0.0.1 -p 8883 -i %s -q 1 -t devices/%s/telemetry/temp -m 21.5\n",
+				name, f.NotAfter.UTC().Format(time.RFC3339), f.Cert, f.Key, f.CA, f.CA, f.Cert, f.Key, name, name)
+			return nil
+		},
+	}
+	add.Flags().StringVar(&dir, "data", "", "the core's data directory (required)")
+	add.Flags().StringVar(&out, "out", ".", "directory for NAME.crt, NAME.key and ca.crt")
+	add.Flags().DurationVar(&lifetime, "lifetime", edge.DeviceCertLifetime, "certificate lifetime")
+	add.MarkFlagRequired("data")
+	cmd.AddCommand(add)
+	return cmd
+}
+
+func edgeRunCmd() *cobra.Command {
+	o := edge.Options{}
+	var profile, cloudProfile, cloudEnv, logLevel, logFormat string
+	var allow []string
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run the core: device broker, component IPC and uplink",
+		Long: `Run the edge core initialised in --data.
+
+Devices: MQTT over TLS on --listen (default 127.0.0.1:8883), client certificate
+from the device CA required, client ID = certificate CN. There is no plaintext
+listener. --tls-profile modern (TLS 1.3, default) or compat (adds TLS 1.2 with
+ECDHE and AES-GCM/ChaCha20 only) for older devices.
+
+Components: MQTT on the Unix socket DATA/ipc.sock (or --ipc-socket), mode 0660,
+unencrypted; a connection is accepted only if the peer's user ID (SO_PEERCRED)
+is 0, the owner of DATA, or in --ipc-allow-uid. DATA is 0700: for other users,
+put the socket elsewhere with --ipc-socket.
+
+Uplink: with --bucket, every message on devices/+/telemetry/# is committed to
+DATA/edge.db before its QoS 1 PUBACK, then uploaded in JSON Lines batches to
+s3://BUCKET/PREFIX<core name>/<first-seq>-<last-seq>.jsonl over HTTPS, verified
+against the cloud's CA bundle, and deleted locally only after S3 stored it.
+--cloud-env is a copy of the convoy.env that convoy up writes (endpoint, CA
+bundle, keys: prefer keys of an IAM user that may only s3:PutObject there).
+While the cloud is unreachable, uploads are retried with capped exponential
+backoff. When the queue holds --max-queue-bytes, QoS 1 publishes to telemetry
+topics are refused (MQTT 5: PUBACK "quota exceeded"; MQTT 3.1.1: the connection
+is closed without PUBACK, so the device sends again later), never dropped.
+
+When ready, DATA/edge.env holds CONVOY_EDGE_MQTT and CONVOY_EDGE_IPC.`,
+		Example: `  convoy edge run --data /srv/edge --cloud-env /etc/convoy/cloud.env --bucket telemetry
+  convoy edge run --data /srv/edge --listen 0.0.0.0:8883 --tls-profile compat --ipc-allow-uid 1001`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var err error
+			if o.Profile, err = tlsconf.ParseProfile(profile); err != nil {
+				return err
+			}
+			if o.CloudProfile, err = tlsconf.ParseProfile(cloudProfile); err != nil {
+				return err
+			}
+			if o.IPCAllowUIDs, err = edge.ParseUIDs(allow); err != nil {
+				return fmt.Errorf("--ipc-allow-uid: %w", err)
+			}
+			if o.Bucket != "" {
+				if cloudEnv == "" {
+					return fmt.Errorf("--bucket needs --cloud-env: a copy of the convoy.env that convoy up writes")
+				}
+				if o.Cloud, err = edge.LoadCloudEnv(cloudEnv); err != nil {
+					return err
+				}
+			}
+			if o.BackoffMin <= 0 || o.BackoffMax < o.BackoffMin {
+				return fmt.Errorf("--retry-min must be positive and at most --retry-max")
+			}
+			if o.MaxQueueBytes <= 0 {
+				return fmt.Errorf("--max-queue-bytes must be positive")
+			}
+			if o.DataDir, err = filepath.Abs(o.DataDir); err != nil {
+				return err
+			}
+			if o.IPCSocket != "" {
+				if o.IPCSocket, err = filepath.Abs(o.IPCSocket); err != nil {
+					return err
+				}
+			}
+			log, err := newLogger(logLevel, logFormat, os.Stderr)
+			if err != nil {
+				return err
+			}
+			o.Logger = log
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			if err := edge.Run(ctx, o); err != nil {
+				log.Error("convoy edge run failed", "err", err)
+				return err
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.DataDir, "data", "", "the core's data directory, made by convoy edge init (required)")
+	f.StringVar(&o.Listen, "listen", "127.0.0.1:8883", "HOST:PORT of the device broker (MQTT over TLS)")
+	f.StringVar(&profile, "tls-profile", "modern", "TLS profile for devices: modern (TLS 1.3) or compat (TLS 1.2 ECDHE+AEAD too)")
+	f.StringVar(&o.IPCSocket, "ipc-socket", "", "path of the component socket (default DATA/ipc.sock)")
+	f.StringSliceVar(&allow, "ipc-allow-uid", nil, "user ID allowed on the component socket besides root and the owner of DATA (repeatable)")
+	f.StringVar(&cloudEnv, "cloud-env", "", "convoy.env of the cloud convoy to upload telemetry to")
+	f.StringVar(&cloudProfile, "cloud-tls-profile", "modern", "TLS profile of the uplink to the cloud")
+	f.StringVar(&o.Bucket, "bucket", "", "cloud bucket for telemetry; without it nothing is exported")
+	f.StringVar(&o.Prefix, "prefix", "edge/", "key prefix of uploaded objects")
+	f.Int64Var(&o.MaxQueueBytes, "max-queue-bytes", 1<<30, "most topic and payload bytes queued for the cloud; beyond it QoS 1 telemetry is refused")
+	f.DurationVar(&o.BackoffMin, "retry-min", time.Second, "first pause after a failed upload; doubled after each failure")
+	f.DurationVar(&o.BackoffMax, "retry-max", 5*time.Minute, "longest pause between upload attempts")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&logFormat, "log-format", "json", "json or text")
+	cmd.MarkFlagRequired("data")
+	return cmd
+}
