@@ -32,6 +32,10 @@ func edgeCmd() *cobra.Command {
   uplink      every message on devices/+/telemetry/# is stored on disk before it
               is acknowledged, then uploaded in batches to the cloud convoy's S3
               over HTTPS; nothing is lost while the cloud is unreachable.
+  deployments components (a command and its artifacts, Greengrass-style) are
+              fetched from the cloud's S3 over HTTPS, checked against their
+              SHA-256 digests and run as supervised processes of an
+              unprivileged user (see convoy edge run --help).
 
 Start with convoy edge init, issue device certificates with convoy edge devices
 add, then convoy edge run.`,
@@ -116,7 +120,7 @@ func edgeRunCmd() *cobra.Command {
 	var allow []string
 	cmd := &cobra.Command{
 		Use:   "run",
-		Short: "Run the core: device broker, component IPC and uplink",
+		Short: "Run the core: device broker, component IPC, uplink and deployments",
 		Long: `Run the edge core initialised in --data.
 
 Devices: MQTT over TLS on --listen (default 127.0.0.1:8883), client certificate
@@ -134,15 +138,49 @@ DATA/edge.db before its QoS 1 PUBACK, then uploaded in JSON Lines batches to
 s3://BUCKET/PREFIX<core name>/<first-seq>-<last-seq>.jsonl over HTTPS, verified
 against the cloud's CA bundle, and deleted locally only after S3 stored it.
 --cloud-env is a copy of the convoy.env that convoy up writes (endpoint, CA
-bundle, keys: prefer keys of an IAM user that may only s3:PutObject there).
+bundle, keys: prefer keys of an IAM user that may only s3:PutObject under
+PREFIX and, for deployments, s3:GetObject the document and artifacts).
 While the cloud is unreachable, uploads are retried with capped exponential
 backoff. When the queue holds --max-queue-bytes, QoS 1 publishes to telemetry
 topics are refused (MQTT 5: PUBACK "quota exceeded"; MQTT 3.1.1: the connection
 is closed without PUBACK, so the device sends again later), never dropped.
 
+Deployments (on with --bucket, off with --deployments=false): every
+--deploy-poll the core fetches s3://BUCKET/PREFIXdeployments/<core name>.json
+over the same HTTPS client (a conditional GET: an unchanged document costs a
+304) and applies it when it changed:
+
+  {"DeploymentId": "d-2",
+   "Components": [{
+     "ComponentName": "hello", "ComponentVersion": "1.0.0",
+     "Artifacts": [{"Uri": "s3://artifacts/hello/run.sh", "Algorithm": "SHA-256",
+                    "Digest": "<base64 SHA-256: openssl dgst -sha256 -binary run.sh | base64>",
+                    "Unarchive": "NONE"}],
+     "Lifecycle": {"Run": ["run.sh", "--verbose"]},
+     "Environment": {"GREETING": "hello"}}]}
+
+Every artifact is downloaded to a staging directory while its SHA-256 is
+computed; one mismatch fails the whole deployment and installs nothing. Run[0]
+is an artifact's file name (made executable) or an absolute path. Components
+run in their artifact directory under --deploy-dir (default DATA/deployments),
+in their own process group, as --component-uid/--component-gid (default: the
+owner of DATA; root only with --allow-root-components), with only PATH, HOME,
+LANG, their Environment, CONVOY_EDGE_IPC (the socket, which admits their uid)
+and CONVOY_EDGE_COMPONENT: none of the core's environment or cloud keys.
+Output goes to DATA/logs/<component>.log (rotated at 4 MiB). A process that
+exits is restarted with capped backoff; a new deployment stops the old
+processes with SIGTERM, then SIGKILL after --component-stop-grace. A component
+that exits within --deploy-settle fails the deployment and the previous one is
+restarted. The outcome is written to s3://BUCKET/PREFIXdeployments/<core>.status.json
+(SUCCEEDED or FAILED with a reason). A component user other than DATA's owner
+cannot traverse DATA (0700): give it --deploy-dir and --ipc-socket in
+directories it can reach.
+
 When ready, DATA/edge.env holds CONVOY_EDGE_MQTT and CONVOY_EDGE_IPC.`,
 		Example: `  convoy edge run --data /srv/edge --cloud-env /etc/convoy/cloud.env --bucket telemetry
-  convoy edge run --data /srv/edge --listen 0.0.0.0:8883 --tls-profile compat --ipc-allow-uid 1001`,
+  convoy edge run --data /srv/edge --listen 0.0.0.0:8883 --tls-profile compat --ipc-allow-uid 1001
+  convoy edge run --data /srv/edge --cloud-env cloud.env --bucket fleet --component-uid 1001 --component-gid 1001 \
+      --deploy-dir /srv/edge-components --ipc-socket /run/convoy-edge/ipc.sock`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err error
@@ -165,6 +203,14 @@ When ready, DATA/edge.env holds CONVOY_EDGE_MQTT and CONVOY_EDGE_IPC.`,
 			}
 			if o.BackoffMin <= 0 || o.BackoffMax < o.BackoffMin {
 				return fmt.Errorf("--retry-min must be positive and at most --retry-max")
+			}
+			if o.DeployPoll <= 0 || o.DeploySettle <= 0 || o.ComponentStopGrace <= 0 {
+				return fmt.Errorf("--deploy-poll, --deploy-settle and --component-stop-grace must be positive")
+			}
+			if o.DeployDir != "" {
+				if o.DeployDir, err = filepath.Abs(o.DeployDir); err != nil {
+					return err
+				}
 			}
 			if o.MaxQueueBytes <= 0 {
 				return fmt.Errorf("--max-queue-bytes must be positive")
@@ -197,13 +243,21 @@ When ready, DATA/edge.env holds CONVOY_EDGE_MQTT and CONVOY_EDGE_IPC.`,
 	f.StringVar(&profile, "tls-profile", "modern", "TLS profile for devices: modern (TLS 1.3) or compat (TLS 1.2 ECDHE+AEAD too)")
 	f.StringVar(&o.IPCSocket, "ipc-socket", "", "path of the component socket (default DATA/ipc.sock)")
 	f.StringSliceVar(&allow, "ipc-allow-uid", nil, "user ID allowed on the component socket besides root and the owner of DATA (repeatable)")
-	f.StringVar(&cloudEnv, "cloud-env", "", "convoy.env of the cloud convoy to upload telemetry to")
+	f.StringVar(&cloudEnv, "cloud-env", "", "convoy.env of the cloud convoy to upload telemetry to and fetch deployments from")
 	f.StringVar(&cloudProfile, "cloud-tls-profile", "modern", "TLS profile of the uplink to the cloud")
-	f.StringVar(&o.Bucket, "bucket", "", "cloud bucket for telemetry; without it nothing is exported")
+	f.StringVar(&o.Bucket, "bucket", "", "cloud bucket for telemetry and deployments; without it nothing is exported or deployed")
 	f.StringVar(&o.Prefix, "prefix", "edge/", "key prefix of uploaded objects")
 	f.Int64Var(&o.MaxQueueBytes, "max-queue-bytes", 1<<30, "most topic and payload bytes queued for the cloud; beyond it QoS 1 telemetry is refused")
 	f.DurationVar(&o.BackoffMin, "retry-min", time.Second, "first pause after a failed upload; doubled after each failure")
 	f.DurationVar(&o.BackoffMax, "retry-max", 5*time.Minute, "longest pause between upload attempts")
+	f.BoolVar(&o.Deployments, "deployments", true, "with --bucket, poll s3://BUCKET/PREFIXdeployments/<core>.json and run its components")
+	f.DurationVar(&o.DeployPoll, "deploy-poll", 30*time.Second, "how often the deployment document is checked")
+	f.DurationVar(&o.DeploySettle, "deploy-settle", time.Second, "how long every component must run without exiting for a deployment to succeed")
+	f.StringVar(&o.DeployDir, "deploy-dir", "", "where components are installed (default DATA/deployments); must be reachable by --component-uid")
+	f.Int64Var(&o.ComponentUID, "component-uid", -1, "user ID components run as; -1 means the owner of DATA")
+	f.Int64Var(&o.ComponentGID, "component-gid", -1, "group ID components run as; -1 means the group of DATA")
+	f.BoolVar(&o.AllowRootComponents, "allow-root-components", false, "allow components to run as root (not recommended)")
+	f.DurationVar(&o.ComponentStopGrace, "component-stop-grace", 10*time.Second, "time between SIGTERM and SIGKILL when a component is stopped")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "json", "json or text")
 	cmd.MarkFlagRequired("data")

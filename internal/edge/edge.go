@@ -25,24 +25,32 @@
 // (uplink.go). Every tls.Config comes from internal/tlsconf and every
 // certificate from internal/pki.
 //
-// Not yet: deployments of flows and their artifacts, the cloud-side MQTT
-// endpoint, device policies beyond the built-in one, certificate
-// revocation.
+//   - Deployments (deploy.go): the core polls a document in the cloud's S3
+//     over the same HTTPS client, downloads each component's artifacts
+//     checking their SHA-256, and supervises one process per component,
+//     as an unprivileged user, with nothing of the core's environment.
+//
+// Not yet: archives in deployments, the cloud-side MQTT endpoint, device
+// policies beyond the built-in one, certificate revocation.
 package edge
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -77,6 +85,21 @@ type Options struct {
 	MaxQueueBytes int64
 	BackoffMin    time.Duration
 	BackoffMax    time.Duration
+
+	// Deployments, with Bucket, polls s3://Bucket/<Prefix>deployments/<core>.json
+	// every DeployPoll and runs its components (deploy.go).
+	Deployments  bool
+	DeployPoll   time.Duration
+	DeploySettle time.Duration
+	// DeployDir holds installed components; "" means DataDir/deployments.
+	DeployDir string
+	// ComponentUID and ComponentGID run components; -1 means the owner
+	// (and group) of DataDir. UID 0 (also the zero value) is refused
+	// unless AllowRootComponents.
+	ComponentUID        int64
+	ComponentGID        int64
+	AllowRootComponents bool
+	ComponentStopGrace  time.Duration
 
 	Logger *slog.Logger
 }
@@ -133,6 +156,18 @@ func Run(ctx context.Context, o Options) error {
 			return err
 		}
 	}
+	sock := o.IPCSocket
+	if sock == "" {
+		sock = filepath.Join(o.DataDir, "ipc.sock")
+	}
+	var deployer *Deployer
+	if o.Bucket != "" && o.Deployments {
+		if deployer, err = newDeployer(o, cloud, id.Name, sock); err != nil {
+			return err
+		}
+		// Components are admitted on the IPC socket by their user ID.
+		o.IPCAllowUIDs = append(slices.Clone(o.IPCAllowUIDs), deployer.UID)
+	}
 
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumQos = 1 // QoS 2 is served as 1: the uplink is at-least-once with idempotent objects
@@ -155,14 +190,19 @@ func Run(ctx context.Context, o Options) error {
 		tcp.Close()
 		return err
 	}
-	sock := o.IPCSocket
-	if sock == "" {
-		sock = filepath.Join(o.DataDir, "ipc.sock")
-	}
 	ipc, err := ListenIPC(sock, o.DataDir, o.IPCAllowUIDs, log)
 	if err != nil {
 		server.Close()
 		return err
+	}
+	if deployer != nil {
+		// Connecting needs write permission on the socket (0660): give it
+		// to the components' group. SO_PEERCRED still checks the uid.
+		if err := shareSocket(sock, deployer.GID); err != nil {
+			ipc.Close()
+			server.Close()
+			return err
+		}
 	}
 	if err := server.AddListener(listeners.NewNet(ipcListenerID, connectDeadline{ipc})); err != nil {
 		ipc.Close()
@@ -178,8 +218,11 @@ func Run(ctx context.Context, o Options) error {
 		exp := &Exporter{Queue: queue, S3: cloud, Bucket: o.Bucket, Prefix: o.Prefix, Core: id.Name,
 			MaxBatch: 1000, MaxBytes: 4 << 20, BackoffMin: o.BackoffMin, BackoffMax: o.BackoffMax, Log: log, Wake: wake}
 		wg.Go(func() { exp.Run(ctx) })
+		if deployer != nil {
+			wg.Go(func() { deployer.Run(ctx) })
+		}
 	} else {
-		log.Warn("no --bucket: telemetry is queued but not exported")
+		log.Warn("no --bucket: telemetry is queued but not exported, and there are no deployments")
 	}
 
 	count, size := queue.Depth()
@@ -260,6 +303,40 @@ func (l connectDeadline) Accept() (net.Conn, error) {
 	}
 	c.SetDeadline(time.Now().Add(connectTimeout))
 	return c, nil
+}
+
+// newDeployer configures deployments from o.
+func newDeployer(o Options, cloud *s3.Client, core, sock string) (*Deployer, error) {
+	fi, err := os.Stat(o.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil, errors.New("cannot read the owner of " + o.DataDir)
+	}
+	uid, gid := st.Uid, st.Gid
+	if o.ComponentUID > math.MaxUint32 || o.ComponentGID > math.MaxUint32 {
+		return nil, errors.New("--component-uid and --component-gid must be below 2^32")
+	}
+	if o.ComponentUID >= 0 {
+		uid = uint32(o.ComponentUID)
+	}
+	if o.ComponentGID >= 0 {
+		gid = uint32(o.ComponentGID)
+	}
+	dir := o.DeployDir
+	if dir == "" {
+		dir = filepath.Join(o.DataDir, "deployments")
+	}
+	grace := o.ComponentStopGrace
+	if grace <= 0 {
+		grace = 10 * time.Second
+	}
+	return &Deployer{S3: cloud, Bucket: o.Bucket, Prefix: o.Prefix, Core: core, Dir: dir, LogDir: filepath.Join(o.DataDir, "logs"),
+		IPC: sock, UID: uid, GID: gid, AllowRoot: o.AllowRootComponents,
+		Poll: cmp.Or(o.DeployPoll, 30*time.Second), Settle: cmp.Or(o.DeploySettle, time.Second), StopGrace: grace,
+		RestartMin: 200 * time.Millisecond, RestartMax: time.Minute, Log: o.Logger}, nil
 }
 
 // ParseUIDs parses a list of numeric user IDs.

@@ -96,3 +96,15 @@ func ListenIPC(path, ownerDir string, extra []uint32, log *slog.Logger) (*PeerCr
 	}
 	return &PeerCredListener{Listener: ln, Allow: allow, Log: log}, nil
 }
+
+// shareSocket gives the IPC socket to group gid (mode 0660 already lets the
+// group connect); the peer-credential check still decides who is admitted.
+func shareSocket(path string, gid uint32) error {
+	if gid == uint32(os.Getegid()) {
+		return nil
+	}
+	if err := os.Chown(path, -1, int(gid)); err != nil {
+		return fmt.Errorf("give the IPC socket %s to the component group %d: %w", path, gid, err)
+	}
+	return nil
+}
