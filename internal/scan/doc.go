@@ -4,8 +4,8 @@
 // Three parts, one way through:
 //
 //   - Inventory lists what an unpacked root filesystem holds: the OS (from
-//     /etc/os-release), Debian packages (/var/lib/dpkg/status and the
-//     distroless /var/lib/dpkg/status.d/*), Alpine packages
+//     /etc/os-release), Debian and Ubuntu packages (/var/lib/dpkg/status
+//     and the distroless /var/lib/dpkg/status.d/*), Alpine packages
 //     (/lib/apk/db/installed), Go binaries (their embedded build
 //     information: main module, dependencies, and the standard library as
 //     package "stdlib") and Python distributions (*.dist-info/METADATA).
@@ -23,7 +23,7 @@
 // evaluation of the OSV schema, and the parsers of os-release, dpkg status,
 // apk's installed database and Python METADATA (each a few lines of
 // key-value text, where a library would add more than it saves). Libraries
-// supply what is easy to get wrong: Debian version ordering
+// supply what is easy to get wrong: Debian (and Ubuntu) version ordering
 // (knqyf263/go-deb-version), Alpine's (knqyf263/go-apk-version), PEP 440's
 // (aquasecurity/go-pep440-version), semantic versions (golang.org/x/mod/semver),
 // CVSS base scores (pandatix/go-cvss), and Go build information

@@ -37,8 +37,17 @@ type Inventory struct {
 
 // osEcosystem is the OSV ecosystem of the OS's packages, "" when convoy
 // does not know it.
-func osEcosystem(id, versionID string) string {
+func osEcosystem(id, versionID, version string) string {
 	switch id {
+	case "ubuntu":
+		// Canonical's OSV records: Ubuntu:22.04:LTS, Ubuntu:25.10.
+		if versionID == "" {
+			return ""
+		}
+		if strings.Contains(version, "LTS") {
+			return "Ubuntu:" + versionID + ":LTS"
+		}
+		return "Ubuntu:" + versionID
 	case "debian":
 		if major, _, _ := strings.Cut(versionID, "."); major != "" {
 			return "Debian:" + major
@@ -62,11 +71,11 @@ func TakeInventory(dir string) (Inventory, error) {
 	}
 	defer root.Close()
 	var inv Inventory
-	id, versionID := readOSRelease(root)
+	id, versionID, version := readOSRelease(root)
 	if id != "" {
 		inv.OS = strings.TrimSpace(id + " " + versionID)
 	}
-	osEco := osEcosystem(id, versionID)
+	osEco := osEcosystem(id, versionID, version)
 
 	inv.Packages = append(inv.Packages, readDpkg(root, osEco)...)
 	inv.Packages = append(inv.Packages, readApk(root, osEco)...)
@@ -101,7 +110,7 @@ func readSmall(root *os.Root, name string) []byte {
 	return b
 }
 
-func readOSRelease(root *os.Root) (id, versionID string) {
+func readOSRelease(root *os.Root) (id, versionID, version string) {
 	b := readSmall(root, "etc/os-release")
 	if b == nil {
 		b = readSmall(root, "usr/lib/os-release")
@@ -117,9 +126,11 @@ func readOSRelease(root *os.Root) (id, versionID string) {
 			id = strings.ToLower(v)
 		case "VERSION_ID":
 			versionID = v
+		case "VERSION":
+			version = v
 		}
 	}
-	return id, versionID
+	return id, versionID, version
 }
 
 // stanzas splits an RFC 822-like database (dpkg status, apk installed) into
@@ -184,9 +195,9 @@ func readDpkg(root *os.Root, eco string) []Package {
 			}
 		}
 	}
-	if eco != "" && !strings.HasPrefix(eco, "Debian:") {
+	if eco != "" && !strings.HasPrefix(eco, "Debian:") && !strings.HasPrefix(eco, "Ubuntu:") {
 		for i := range out {
-			out[i].Ecosystem = "" // dpkg on a non-Debian OS (Ubuntu …): not matched
+			out[i].Ecosystem = "" // dpkg on another OS: not matched
 		}
 	}
 	return out

@@ -449,19 +449,47 @@ func TestInventoryAlpineAndUnknownOS(t *testing.T) {
 		t.Errorf("alpine findings %+v", r.Findings)
 	}
 
+	// Ubuntu: Canonical's OSV ecosystems name LTS releases Ubuntu:24.04:LTS;
+	// a record of that ecosystem matches the dpkg packages (by source name,
+	// Debian version order) and its Canonical priority rates it.
 	ubuntu := t.TempDir()
 	writeFiles(t, ubuntu, map[string]string{
-		"etc/os-release":      "ID=ubuntu\nVERSION_ID=\"24.04\"\n",
+		"etc/os-release":      "ID=ubuntu\nVERSION_ID=\"24.04\"\nVERSION=\"24.04.1 LTS (Noble Numbat)\"\n",
 		"var/lib/dpkg/status": dpkgStatus,
 	})
 	inv, err = TakeInventory(ubuntu)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(inv.Packages) != 2 || inv.Packages[0].Ecosystem != "" {
+	if len(inv.Packages) != 2 || inv.Packages[0].Ecosystem != "Ubuntu:24.04:LTS" {
 		t.Errorf("ubuntu inventory %+v", inv)
 	}
+	rec, err := parseOSV([]byte(`{"id": "UBUNTU-CVE-2099-1", "modified": "2099-01-01T00:00:00Z", "aliases": ["CVE-2099-1"],
+		"affected": [{"package": {"ecosystem": "Ubuntu:24.04:LTS", "name": "openssl"},
+			"ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": "3.0.11-1~deb12u3"}]}],
+			"ecosystem_specific": {"ubuntu_priority": "high"}}]}`))
+	if err != nil || rec.Severity != High {
+		t.Fatalf("Ubuntu record: severity %s, %v", rec.Severity, err)
+	}
+	udb := &DB{Version: "1", Vulns: map[string]*Vuln{rec.ID: &rec}, Index: map[string][]string{"Ubuntu:24.04:LTS/openssl": {rec.ID}}}
+	if r := Scan(udb, inv); len(r.Findings) != 1 || r.Findings[0].ID != rec.ID || r.Skipped != 0 {
+		t.Errorf("ubuntu findings %+v, %d skipped", r.Findings, r.Skipped)
+	}
+
+	// dpkg packages on an OS with no OSV ecosystem here are listed, skipped.
+	other := t.TempDir()
+	writeFiles(t, other, map[string]string{
+		"etc/os-release":      "ID=linuxmint\nVERSION_ID=\"22\"\n",
+		"var/lib/dpkg/status": dpkgStatus,
+	})
+	inv, err = TakeInventory(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(inv.Packages) != 2 || inv.Packages[0].Ecosystem != "" {
+		t.Errorf("other inventory %+v", inv)
+	}
 	if r := Scan(db, inv); r.Packages != 2 || r.Skipped != 2 {
-		t.Errorf("ubuntu: %d packages, %d skipped", r.Packages, r.Skipped)
+		t.Errorf("other OS: %d packages, %d skipped", r.Packages, r.Skipped)
 	}
 }

@@ -75,6 +75,9 @@ func TestSeverity(t *testing.T) {
 		{"cvss 3.1 low", `{"id":"CVE-2","modified":"x","severity":[{"type":"CVSS_V3","score":"CVSS:3.1/AV:P/AC:H/PR:H/UI:R/S:U/C:L/I:N/A:N"}]}`, Low},
 		{"cvss 3.0 high", `{"id":"CVE-3","modified":"x","severity":[{"type":"CVSS_V3","score":"CVSS:3.0/AV:N/AC:L/PR:L/UI:N/S:U/C:H/I:H/A:N"}]}`, High},
 		{"affected-level cvss", `{"id":"CVE-4","modified":"x","affected":[{"package":{"ecosystem":"Go","name":"m"},"severity":[{"type":"CVSS_V3","score":"CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"}]}]}`, Critical},
+		{"ubuntu record priority", `{"id":"UBUNTU-CVE-1","modified":"x","severity":[{"type":"Ubuntu","score":"critical"}]}`, Critical},
+		{"ubuntu negligible", `{"id":"UBUNTU-CVE-2","modified":"x","severity":[{"type":"Ubuntu","score":"negligible"}]}`, Low},
+		{"ubuntu affected priority", `{"id":"UBUNTU-CVE-3","modified":"x","affected":[{"package":{"ecosystem":"Ubuntu:22.04:LTS","name":"p"},"ecosystem_specific":{"ubuntu_priority":"medium"}}]}`, Medium},
 		{"bad vector", `{"id":"CVE-5","modified":"x","severity":[{"type":"CVSS_V3","score":"CVSS:3.1/nonsense"}]}`, Unknown},
 		{"none", `{"id":"GO-1","modified":"x"}`, Unknown},
 	} {

@@ -102,6 +102,11 @@ type osvAffected struct {
 	Severity []osvSeverity `json:"severity"`
 	Ranges   []Range       `json:"ranges"`
 	Versions []string      `json:"versions"`
+	// EcosystemSpecific carries Canonical's rating of an Ubuntu record:
+	// {"ubuntu_priority": "medium"}.
+	EcosystemSpecific struct {
+		UbuntuPriority string `json:"ubuntu_priority"`
+	} `json:"ecosystem_specific"`
 }
 
 // Range is an OSV affected range: events in version order.
@@ -159,7 +164,7 @@ func parseOSV(data []byte) (Vuln, error) {
 			continue
 		}
 		if v.Severity == Unknown {
-			v.Severity = max(v.Severity, cvssSeverity(a.Severity))
+			v.Severity = max(v.Severity, cvssSeverity(a.Severity), ubuntuPriority(a.EcosystemSpecific.UbuntuPriority))
 		}
 		v.Affected = append(v.Affected, Affected{Ecosystem: a.Package.Ecosystem, Name: a.Package.Name, Ranges: a.Ranges, Versions: a.Versions})
 	}
@@ -195,6 +200,10 @@ func cvssSeverity(sev []osvSeverity) Severity {
 			if c, err := gocvss30.ParseVector(s.Score); err == nil {
 				score = c.BaseScore()
 			}
+		case s.Type == "Ubuntu":
+			// Canonical's priority (negligible … critical), not a score.
+			best = max(best, ubuntuPriority(s.Score))
+			continue
 		case s.Type == "CVSS_V4":
 			if c, err := gocvss40.ParseVector(s.Score); err == nil {
 				score = c.Score()
@@ -203,6 +212,18 @@ func cvssSeverity(sev []osvSeverity) Severity {
 		best = max(best, severityOfScore(score))
 	}
 	return best
+}
+
+// ubuntuPriority reads Canonical's priority of an Ubuntu record: negligible
+// counts as low; untriaged or anything else as unknown.
+func ubuntuPriority(p string) Severity {
+	if strings.EqualFold(strings.TrimSpace(p), "negligible") {
+		return Low
+	}
+	if v, err := ParseSeverity(p); err == nil {
+		return v
+	}
+	return Unknown
 }
 
 func truncate(s string, n int) string {

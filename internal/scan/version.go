@@ -34,7 +34,7 @@ func comparator(eco, rangeType string) compareFunc {
 		return nil
 	}
 	switch ecosystemBase(eco) {
-	case "Debian":
+	case "Debian", "Ubuntu":
 		return compareDebian
 	case "Alpine":
 		return compareAlpine
@@ -49,7 +49,7 @@ func comparator(eco, rangeType string) compareFunc {
 // Ecosystems convoy can match; a package of another is counted as skipped.
 func supportedEcosystem(eco string) bool {
 	switch ecosystemBase(eco) {
-	case "Debian", "Alpine", "Go", "PyPI":
+	case "Debian", "Ubuntu", "Alpine", "Go", "PyPI":
 		return true
 	}
 	return false
