@@ -25,6 +25,8 @@ import (
 
 	"convoy/internal/tlsconf"
 	"convoy/test/e2e/harness"
+
+	"convoy/bench/procstat"
 )
 
 // bareServerEnv, when set to the path of a PEM file holding a private key and
@@ -301,9 +303,9 @@ func (s *server) run(m mode, n int64, d time.Duration) load {
 	var next, done, errs, wrong atomic.Int64
 	var firstErr atomic.Pointer[error]
 	deadline := time.Now().Add(d)
-	cpu0, ok0 := procCPU(s.pid)
-	self0 := selfCPU()
-	busy0, okBusy0 := machineBusy()
+	cpu0, ok0 := procstat.ProcCPU(s.pid)
+	self0 := procstat.SelfCPU()
+	busy0, okBusy0 := procstat.MachineBusy()
 	start := time.Now()
 	var wg sync.WaitGroup
 	for range workers {
@@ -333,14 +335,14 @@ func (s *server) run(m mode, n int64, d time.Duration) load {
 	l := load{
 		handshakes: done.Load(),
 		elapsed:    time.Since(start),
-		clientCPU:  selfCPU() - self0,
+		clientCPU:  procstat.SelfCPU() - self0,
 		serverCPU:  -1,
 		otherCPU:   -1,
 		errs:       errs.Load(),
 		wrong:      wrong.Load(),
 	}
-	busy1, okBusy1 := machineBusy()
-	if cpu1, ok1 := procCPU(s.pid); ok0 && ok1 {
+	busy1, okBusy1 := procstat.MachineBusy()
+	if cpu1, ok1 := procstat.ProcCPU(s.pid); ok0 && ok1 {
 		l.serverCPU = cpu1 - cpu0
 		if okBusy0 && okBusy1 {
 			l.otherCPU = max(busy1-busy0-l.serverCPU-l.clientCPU, 0)
@@ -366,63 +368,6 @@ func (l load) check(tb testing.TB, s *server, m mode) {
 	}
 }
 
-// clockTick is USER_HZ, the unit of /proc/PID/stat times: 100 on every Linux
-// architecture Go runs on.
-const clockTick = 10 * time.Millisecond
-
-// procCPU is the user+system CPU time of process pid, all threads.
-func procCPU(pid int) (time.Duration, bool) {
-	if pid == 0 {
-		return 0, false
-	}
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, false
-	}
-	f := statFields(data)
-	if len(f) < 13 {
-		return 0, false
-	}
-	utime, err1 := strconv.ParseInt(f[11], 10, 64)
-	stime, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, false
-	}
-	return time.Duration(utime+stime) * clockTick, true
-}
-
-// statFields are the fields of /proc/PID/stat after "(comm)": state, ppid, …
-func statFields(data []byte) []string {
-	i := bytes.LastIndexByte(data, ')')
-	if i < 0 {
-		return nil
-	}
-	return strings.Fields(string(data[i+1:]))
-}
-
-// machineBusy is the CPU time all CPUs have spent busy (user, nice, system,
-// irq, softirq, steal) since boot, from the first line of /proc/stat.
-func machineBusy() (time.Duration, bool) {
-	data, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return 0, false
-	}
-	line, _, _ := bytes.Cut(data, []byte("\n"))
-	f := strings.Fields(string(line))
-	if len(f) < 9 || f[0] != "cpu" {
-		return 0, false
-	}
-	var busy int64
-	for _, i := range []int{1, 2, 3, 6, 7, 8} { // user nice system (idle iowait) irq softirq steal
-		v, err := strconv.ParseInt(f[i], 10, 64)
-		if err != nil {
-			return 0, false
-		}
-		busy += v
-	}
-	return time.Duration(busy) * clockTick, true
-}
-
 // otherShare is the fraction of the machine's CPUs that other processes used
 // during l, or -1.
 func (l load) otherShare() float64 {
@@ -430,15 +375,6 @@ func (l load) otherShare() float64 {
 		return -1
 	}
 	return l.otherCPU.Seconds() / (l.elapsed.Seconds() * float64(runtime.NumCPU()))
-}
-
-// selfCPU is the CPU time used so far by this (client) process.
-func selfCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // childPID finds the convoy process the harness started for dataDir: a child
@@ -459,7 +395,7 @@ func childPID(dataDir string) int {
 		if err != nil {
 			continue
 		}
-		if f := statFields(stat); len(f) < 2 || f[1] != me {
+		if f := procstat.StatFields(stat); len(f) < 2 || f[1] != me {
 			continue
 		}
 		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))

@@ -9,11 +9,12 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"convoy/test/e2e/harness"
+
+	"convoy/bench/procstat"
 )
 
 // The ratio tests are the side-by-side measurement RESULTS.md quotes. Each
@@ -67,16 +68,7 @@ func needBench(t *testing.T) {
 	if testing.Short() || os.Getenv("CONVOY_BENCH") == "" {
 		t.Skip("set CONVOY_BENCH=1 to run the side-by-side measurement")
 	}
-	t.Logf("CPU  %d CPUs, GOMAXPROCS %d, load %s, %s", runtime.NumCPU(), runtime.GOMAXPROCS(0), loadavg(), runtime.Version())
-}
-
-func loadavg() string {
-	data, _ := os.ReadFile("/proc/loadavg")
-	f := strings.Fields(string(data))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], " ")
+	t.Logf("CPU  %d CPUs, GOMAXPROCS %d, load %s, %s", runtime.NumCPU(), runtime.GOMAXPROCS(0), procstat.LoadAvg(), runtime.Version())
 }
 
 // workload is one measured thing, done to one target per call.
@@ -147,17 +139,6 @@ func share(r result) string {
 	return fmt.Sprintf("%.0f%% CPU", 100*r.otherCPU.Seconds()/(r.elapsed.Seconds()*float64(runtime.NumCPU())))
 }
 
-func median(v []float64) float64 {
-	s := slices.Sorted(slices.Values(v))
-	if len(s) == 0 {
-		return 0
-	}
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
 // summary logs the medians, convoy/bare (ratio of the medians, and the
 // range of the per-round ratios) and the goal.
 func summary(t *testing.T, w workload, res map[string][]result) {
@@ -182,7 +163,7 @@ func summaryVs(t *testing.T, w workload, res map[string][]result, name, base str
 		return v
 	}
 	conv, bare := vals(name, w.value), vals(base, w.value)
-	ratio := median(conv) / median(bare)
+	ratio := procstat.Median(conv) / procstat.Median(bare)
 	var perRound []float64
 	for i := range min(len(conv), len(bare)) {
 		perRound = append(perRound, conv[i]/bare[i])
@@ -195,7 +176,7 @@ func summaryVs(t *testing.T, w workload, res map[string][]result, name, base str
 		}
 	}
 	cpu := func(name string, f func(result) time.Duration) string {
-		return cpuTime(median(vals(name, func(r result) float64 {
+		return cpuTime(procstat.Median(vals(name, func(r result) float64 {
 			if f(r) < 0 || r.ops == 0 {
 				return -1
 			}
@@ -204,11 +185,11 @@ func summaryVs(t *testing.T, w workload, res map[string][]result, name, base str
 	}
 	server := func(r result) time.Duration { return r.serverCPU }
 	client := func(r result) time.Duration { return r.clientCPU }
-	others := median(vals(name, func(r result) float64 {
+	others := procstat.Median(vals(name, func(r result) float64 {
 		return 100 * r.otherCPU.Seconds() / (r.elapsed.Seconds() * float64(runtime.NumCPU()))
 	}))
 	t.Logf("RESULT %-26s %s %9.1f %s  %s %9.1f %s  %s/%s %.3f (rounds %.3f..%.3f)%s",
-		w.name, name, median(conv), w.unit, base, median(bare), w.unit, name, base, ratio, slices.Min(perRound), slices.Max(perRound), verdict)
+		w.name, name, procstat.Median(conv), w.unit, base, procstat.Median(bare), w.unit, name, base, ratio, slices.Min(perRound), slices.Max(perRound), verdict)
 	t.Logf("CPU    %-26s CPU per op: server %s %s, %s %s; client %s with %s, %s with %s; others' median share %.0f%% (%s rounds)",
 		w.name, name, cpu(name, server), base, cpu(base, server), cpu(name, client), name, cpu(base, client), base, others, name)
 }

@@ -16,6 +16,8 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"convoy/bench/procstat"
 )
 
 // pattern is the content of every object: 1 MiB of pseudo-random bytes,
@@ -218,9 +220,9 @@ func (r result) err() error {
 func hammer(pid, workers int, n int64, d time.Duration, op func(i int64) (int64, error)) result {
 	var next, done, moved, errs atomic.Int64
 	var firstErr atomic.Pointer[error]
-	cpu0, ok0 := procCPU(pid)
-	self0 := selfCPU()
-	busy0, okBusy0 := machineBusy()
+	cpu0, ok0 := procstat.ProcCPU(pid)
+	self0 := procstat.SelfCPU()
+	busy0, okBusy0 := procstat.MachineBusy()
 	start := time.Now()
 	deadline := start.Add(d)
 	var wg sync.WaitGroup
@@ -243,10 +245,10 @@ func hammer(pid, workers int, n int64, d time.Duration, op func(i int64) (int64,
 		})
 	}
 	wg.Wait()
-	r := result{ops: done.Load(), bytes: moved.Load(), elapsed: time.Since(start), clientCPU: selfCPU() - self0,
+	r := result{ops: done.Load(), bytes: moved.Load(), elapsed: time.Since(start), clientCPU: procstat.SelfCPU() - self0,
 		serverCPU: -1, otherCPU: -1, errs: errs.Load()}
-	busy1, okBusy1 := machineBusy()
-	if cpu1, ok1 := procCPU(pid); ok0 && ok1 {
+	busy1, okBusy1 := procstat.MachineBusy()
+	if cpu1, ok1 := procstat.ProcCPU(pid); ok0 && ok1 {
 		r.serverCPU = cpu1 - cpu0
 		if okBusy0 && okBusy1 {
 			r.otherCPU = max(busy1-busy0-r.serverCPU-r.clientCPU, 0)

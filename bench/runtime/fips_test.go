@@ -8,6 +8,8 @@ import (
 
 	"convoy/internal/tlsconf"
 	"convoy/test/e2e/harness"
+
+	"convoy/bench/procstat"
 )
 
 // TestRuntimeFIPSRatio measures what `convoy up --fips` costs an
@@ -49,7 +51,7 @@ func TestRuntimeFIPSRatio(t *testing.T) {
 			for _, r := range res[name] {
 				v = append(v, f(r))
 			}
-			return median(v)
+			return procstat.Median(v)
 		}
 		cpu := func(name string) float64 {
 			return med(name, func(r result) float64 { return us(r.server) / float64(r.ops) })

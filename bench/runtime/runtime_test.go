@@ -44,7 +44,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -54,6 +53,8 @@ import (
 	"convoy/internal/executor"
 	"convoy/internal/tlsconf"
 	"convoy/test/e2e/harness"
+
+	"convoy/bench/procstat"
 )
 
 const endpointName = "bench"
@@ -79,16 +80,7 @@ func needBench(t *testing.T) {
 	if testing.Short() || os.Getenv("CONVOY_BENCH") == "" {
 		t.Skip("set CONVOY_BENCH=1 to run the side-by-side measurement")
 	}
-	t.Logf("CPU  %d CPUs, GOMAXPROCS %d, load %s, %s", goruntime.NumCPU(), goruntime.GOMAXPROCS(0), loadavg(), goruntime.Version())
-}
-
-func loadavg() string {
-	data, _ := os.ReadFile("/proc/loadavg")
-	f := strings.Fields(string(data))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], " ")
+	t.Logf("CPU  %d CPUs, GOMAXPROCS %d, load %s, %s", goruntime.NumCPU(), goruntime.GOMAXPROCS(0), procstat.LoadAvg(), goruntime.Version())
 }
 
 // setup deploys the echo model on c and returns both targets.
@@ -258,7 +250,7 @@ func (r result) pct(p float64) time.Duration {
 // request when workers is 1.
 func run(tg *target, cpid, workers int, d time.Duration, body []byte) result {
 	ctx := context.Background()
-	s0, m0, c0, b0 := procCPU(tg.pid), procCPU(cpid), selfCPU(), machineBusy()
+	s0, m0, c0, b0 := cpuOf(tg.pid), cpuOf(cpid), procstat.SelfCPU(), busy()
 	var ops atomic.Int64
 	var mu sync.Mutex
 	var lat []time.Duration
@@ -290,62 +282,20 @@ func run(tg *target, cpid, workers int, d time.Duration, body []byte) result {
 		})
 	}
 	wg.Wait()
-	r := result{ops: ops.Load(), elapsed: time.Since(start), lat: lat, firstErr: firstErr, client: selfCPU() - c0, server: -1, model: -1}
+	r := result{ops: ops.Load(), elapsed: time.Since(start), lat: lat, firstErr: firstErr, client: procstat.SelfCPU() - c0, server: -1, model: -1}
 	if tg.pid != 0 {
-		r.server = procCPU(tg.pid) - s0
+		r.server = cpuOf(tg.pid) - s0
 	}
 	if cpid != 0 {
-		r.model = procCPU(cpid) - m0
+		r.model = cpuOf(cpid) - m0
 	}
-	r.others = machineBusy() - b0 - r.client - max(r.server, 0) - max(r.model, 0)
+	r.others = busy() - b0 - r.client - max(r.server, 0) - max(r.model, 0)
 	return r
-}
-
-// machineBusy is the CPU time all CPUs have spent busy since boot (user,
-// nice, system, irq, softirq, steal in /proc/stat).
-func machineBusy() time.Duration {
-	data, _ := os.ReadFile("/proc/stat")
-	line, _, _ := bytes.Cut(data, []byte("\n"))
-	f := strings.Fields(string(line))
-	if len(f) < 9 {
-		return 0
-	}
-	var busy int64
-	for _, i := range []int{1, 2, 3, 6, 7, 8} {
-		v, _ := strconv.ParseInt(f[i], 10, 64)
-		busy += v
-	}
-	return time.Duration(busy) * 10 * time.Millisecond
 }
 
 // share is the part of the machine r.others used, in percent.
 func (r result) share() float64 {
 	return 100 * r.others.Seconds() / (r.elapsed.Seconds() * float64(goruntime.NumCPU()))
-}
-
-// procCPU is the user+system CPU time of process pid (10 ms resolution).
-func procCPU(pid int) time.Duration {
-	if pid == 0 {
-		return 0
-	}
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	i := bytes.LastIndexByte(data, ')')
-	f := strings.Fields(string(data[i+1:]))
-	if len(f) < 13 {
-		return 0
-	}
-	u, _ := strconv.ParseInt(f[11], 10, 64)
-	s, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(u+s) * 10 * time.Millisecond
-}
-
-func selfCPU() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func settings(t *testing.T) (rounds int, roundTime time.Duration, workers int) {
@@ -360,17 +310,6 @@ func settings(t *testing.T) (rounds int, roundTime time.Duration, workers int) {
 		workers = v
 	}
 	return
-}
-
-func median(v []float64) float64 {
-	s := slices.Sorted(slices.Values(v))
-	if len(s) == 0 {
-		return 0
-	}
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
@@ -443,7 +382,7 @@ func summarize(t *testing.T, label, kind string, res map[string][]result) {
 		for _, r := range res[name] {
 			v = append(v, f(r))
 		}
-		return median(v)
+		return procstat.Median(v)
 	}
 	cpu := func(name string, f func(result) time.Duration) float64 {
 		return med(name, func(r result) float64 { return us(f(r)) / float64(r.ops) })
@@ -512,3 +451,7 @@ func BenchmarkInvoke(b *testing.B) {
 		}
 	}
 }
+
+// cpuOf and busy are procstat's figures, 0 where they cannot be read.
+func cpuOf(pid int) time.Duration { d, _ := procstat.ProcCPU(pid); return d }
+func busy() time.Duration         { d, _ := procstat.MachineBusy(); return d }

@@ -192,29 +192,5 @@ func (s *Service) deleteEndpointConfig(r *http.Request, p *iam.Principal, body [
 }
 
 func (s *Service) listEndpointConfigs(r *http.Request, p *iam.Principal, body []byte) (any, error) {
-	var req listRequest
-	if err := decode(body, &req); err != nil {
-		return nil, err
-	}
-	if err := s.iam.Authorize(r.Context(), p, "sagemaker:ListEndpointConfigs", "*", nil); err != nil {
-		return nil, err
-	}
-	rows, err := s.db.QueryContext(r.Context(), `SELECT name, arn, created FROM sm_endpoint_configs`)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var all []listed
-	for rows.Next() {
-		var name, arn, created string
-		if err := rows.Scan(&name, &arn, &created); err != nil {
-			return nil, err
-		}
-		all = append(all, listed{name: name, created: created,
-			summary: map[string]any{"EndpointConfigName": name, "EndpointConfigArn": arn, "CreationTime": epoch(created)}})
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return list(&req, "EndpointConfigs", all)
+	return s.listStored(r, p, body, "sagemaker:ListEndpointConfigs", "sm_endpoint_configs", "EndpointConfig", "EndpointConfigs")
 }

@@ -340,14 +340,21 @@ func list(req *listRequest, field string, rows []listed) (any, error) {
 }
 
 func (s *Service) listModels(r *http.Request, p *iam.Principal, body []byte) (any, error) {
+	return s.listStored(r, p, body, "sagemaker:ListModels", "sm_models", "Model", "Models")
+}
+
+// listStored answers the List operation of a stored resource that has no
+// status (models, endpoint configurations): summaries of <kind>Name,
+// <kind>Arn and CreationTime from table, under field.
+func (s *Service) listStored(r *http.Request, p *iam.Principal, body []byte, action, table, kind, field string) (any, error) {
 	var req listRequest
 	if err := decode(body, &req); err != nil {
 		return nil, err
 	}
-	if err := s.iam.Authorize(r.Context(), p, "sagemaker:ListModels", "*", nil); err != nil {
+	if err := s.iam.Authorize(r.Context(), p, action, "*", nil); err != nil {
 		return nil, err
 	}
-	rows, err := s.db.QueryContext(r.Context(), `SELECT name, arn, created FROM sm_models`)
+	rows, err := s.db.QueryContext(r.Context(), `SELECT name, arn, created FROM `+table)
 	if err != nil {
 		return nil, err
 	}
@@ -359,10 +366,10 @@ func (s *Service) listModels(r *http.Request, p *iam.Principal, body []byte) (an
 			return nil, err
 		}
 		all = append(all, listed{name: name, created: created,
-			summary: map[string]any{"ModelName": name, "ModelArn": arn, "CreationTime": epoch(created)}})
+			summary: map[string]any{kind + "Name": name, kind + "Arn": arn, "CreationTime": epoch(created)}})
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
-	return list(&req, "Models", all)
+	return list(&req, field, all)
 }
