@@ -14,7 +14,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -319,13 +318,13 @@ func readExported(client *s3.Client, seen map[string]int) error {
 
 type edgeProc struct {
 	cmd  *exec.Cmd
-	logs *lockedBuffer
+	logs *harness.SyncBuffer
 	done chan struct{}
 }
 
 func startEdge(t *testing.T, bin, data string, args []string) *edgeProc {
 	t.Helper()
-	e := &edgeProc{cmd: exec.Command(bin, args...), logs: &lockedBuffer{}, done: make(chan struct{})}
+	e := &edgeProc{cmd: exec.Command(bin, args...), logs: &harness.SyncBuffer{}, done: make(chan struct{})}
 	e.cmd.Stdout, e.cmd.Stderr = e.logs, e.logs
 	e.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := e.cmd.Start(); err != nil {
@@ -355,23 +354,6 @@ func startEdge(t *testing.T, bin, data string, args []string) *edgeProc {
 func (e *edgeProc) kill() {
 	e.cmd.Process.Kill()
 	<-e.done
-}
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func waitFor(t *testing.T, timeout time.Duration, what string, ok func() bool) {

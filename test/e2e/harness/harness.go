@@ -89,7 +89,7 @@ type Convoy struct {
 	cmd     *exec.Cmd
 	done    chan struct{}
 	exitErr error
-	logs    *syncBuffer
+	logs    *SyncBuffer
 
 	DataDir  string
 	Env      map[string]string
@@ -122,7 +122,7 @@ func Launch(t testing.TB, o Options) *Convoy {
 	args := append([]string{"up", "--data", o.DataDir, "--listen", o.Listen, "--log-format", "text"}, o.Args...)
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), o.Env...)
-	logs := &syncBuffer{}
+	logs := &SyncBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -333,18 +333,20 @@ func AWSCLIs(t testing.TB) map[string]string {
 	return clis
 }
 
-type syncBuffer struct {
+// SyncBuffer is a bytes.Buffer that a process's output and a test may use
+// at once.
+type SyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+func (s *SyncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
