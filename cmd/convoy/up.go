@@ -16,6 +16,7 @@ import (
 	"convoy/internal/daemon"
 	"convoy/internal/logbuf"
 	"convoy/internal/scan"
+	"convoy/internal/server"
 	"convoy/internal/tlsconf"
 )
 
@@ -104,6 +105,7 @@ without a restart.`,
 	f.StringVar(&o.TLSKey, "tls-key", "", "private key (PEM) for --tls-cert")
 	f.StringVar(&o.CACert, "ca-cert", "", "issue certificates from this CA (PEM) instead of convoy's own")
 	f.StringVar(&o.CAKey, "ca-key", "", "private key (PEM) for --ca-cert")
+	f.IntVar(&o.MaxConnections, "max-connections", server.DefaultMaxConnections, "most client connections open at once over all HTTPS endpoints; beyond it new connections wait in the kernel's queue until one closes (see convoy_http_open_connections on /metrics)")
 	f.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long in-flight requests may take to finish on shutdown")
 	f.DurationVar(&o.StopGrace, "training-stop-grace", 120*time.Second, "time a training container has between SIGTERM and SIGKILL when its job is stopped or exceeds MaxRuntimeInSeconds")
 	f.DurationVar(&o.EndpointHealthInterval, "endpoint-health-interval", 5*time.Second, "pause between health checks (GET /ping, 2 s timeout) of each endpoint instance in service; an instance that fails 3 in a row is taken out of the routes and replaced")

@@ -71,6 +71,9 @@ type Options struct {
 	EndpointHealthInterval time.Duration
 	// ShutdownTimeout bounds how long in-flight requests may take to finish.
 	ShutdownTimeout time.Duration
+	// MaxConnections bounds the API connections open at once; 0 means
+	// server.DefaultMaxConnections.
+	MaxConnections int
 	// RequireInternodeEncryption refuses jobs of more than one instance
 	// that do not ask for inter-container traffic encryption.
 	RequireInternodeEncryption bool
@@ -180,6 +183,8 @@ func Run(ctx context.Context, o Options) error {
 		TLS:    tlsconf.Server(o.Profile, certs.GetCertificate, tlsconf.ServerOptions{}),
 		Logger: log,
 		Auth:   auth.New(ids, tokens),
+		// Over all endpoints (the FIPS one included).
+		MaxConnections: o.MaxConnections,
 	})
 	srv.Handle("iam", iam.NewAPI(ids, log))
 	srv.Handle("sts", tokens)

@@ -15,6 +15,9 @@ type metrics struct {
 	handshakeFailures prometheus.Counter
 	certExpiry        prometheus.Gauge
 	panics            prometheus.Counter
+	openConns         prometheus.Gauge
+	connLimit         prometheus.Gauge
+	connsWaited       prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -40,8 +43,20 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 			Name: "convoy_http_handler_panics_total",
 			Help: "Requests whose handler panicked (answered with InternalFailure); each is a bug.",
 		}),
+		openConns: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "convoy_http_open_connections",
+			Help: "Client connections open now, over all HTTPS listeners.",
+		}),
+		connLimit: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "convoy_http_connection_limit",
+			Help: "The most client connections convoy keeps open at once (convoy up --max-connections).",
+		}),
+		connsWaited: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "convoy_http_connections_waited_total",
+			Help: "Times the connection limit was full when convoy went to accept a connection, which then waited for another to close.",
+		}),
 	}
-	reg.MustRegister(m.requests, m.duration, m.handshakeFailures, m.certExpiry, m.panics,
+	reg.MustRegister(m.requests, m.duration, m.handshakeFailures, m.certExpiry, m.panics, m.openConns, m.connLimit, m.connsWaited,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

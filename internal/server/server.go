@@ -38,7 +38,16 @@ type Config struct {
 	// Auth authenticates every API request before it is routed; nil
 	// refuses every signed request.
 	Auth Authenticator
+	// MaxConnections bounds the connections open at once over all of the
+	// server's listeners; 0 means DefaultMaxConnections.
+	MaxConnections int
 }
+
+// DefaultMaxConnections is the default connection limit: far more than the
+// SDK clients of a team keep open (each pools a handful), few enough that
+// a flood of idle connections cannot exhaust file descriptors or memory (an
+// HTTP/2 connection may buffer 4 MiB of unread request body).
+const DefaultMaxConnections = 4096
 
 // Authenticator verifies a request's signature and returns it with the
 // caller's principal in its context, or the AWS error to answer with.
@@ -56,6 +65,7 @@ type Server struct {
 	mu       sync.RWMutex
 	services map[string]http.Handler
 	metrics  *metrics
+	slots    *connSlots
 }
 
 // New returns a server; register services before Serve.
@@ -66,7 +76,20 @@ func New(cfg Config) *Server {
 	if cfg.MaxHeaderBytes == 0 {
 		cfg.MaxHeaderBytes = 1 << 20
 	}
+	if cfg.MaxConnections <= 0 {
+		cfg.MaxConnections = DefaultMaxConnections
+	}
 	s := &Server{cfg: cfg, log: cfg.Logger, services: map[string]http.Handler{}, metrics: newMetrics(cfg.Registry)}
+	s.metrics.connLimit.Set(float64(cfg.MaxConnections))
+	s.slots = &connSlots{
+		sem:    make(chan struct{}, cfg.MaxConnections),
+		open:   s.metrics.openConns.Add,
+		waited: s.metrics.connsWaited.Inc,
+		warn: func() {
+			s.log.Warn("connection limit reached: new connections wait in the kernel's listen queue until one closes; if the clients are legitimate, raise convoy up --max-connections",
+				"max_connections", cfg.MaxConnections)
+		},
+	}
 	metricsHandler := promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{})
 	// No ServeMux: it would "clean" S3 keys such as a/../b into redirects.
 	// /healthz and /metrics are the only unsigned paths; a signed request to
@@ -123,7 +146,7 @@ func (s *Server) Registry() *prometheus.Registry { return s.cfg.Registry }
 
 // Serve accepts TLS connections on l until Shutdown.
 func (s *Server) Serve(l net.Listener) error {
-	err := s.http.Serve(&tlsListener{Listener: l, cfg: s.cfg.TLS})
+	err := s.http.Serve(&tlsListener{Listener: l, cfg: s.cfg.TLS, slots: s.slots})
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
@@ -134,7 +157,7 @@ func (s *Server) Serve(l net.Listener) error {
 // endpoint with another profile (the FIPS endpoint), serving the same API.
 // Shutdown stops it too.
 func (s *Server) ServeWith(l net.Listener, cfg *tls.Config) error {
-	err := s.http.Serve(&tlsListener{Listener: l, cfg: cfg})
+	err := s.http.Serve(&tlsListener{Listener: l, cfg: cfg, slots: s.slots})
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
