@@ -277,8 +277,17 @@ func (s *Store) ResourceARN(kind, name string) string { return s.arn(kind, "/", 
 
 // AuthorizePassRole checks that p may hand the role roleARN to service (for
 // example "sagemaker.amazonaws.com" when creating a training job): the role
-// must exist in this account and p needs iam:PassRole on it, with the
-// iam:PassedToService condition key set, as on AWS.
+// must exist in this account, p needs iam:PassRole on it, with the
+// iam:PassedToService condition key set, and the role's trust policy must
+// let service assume it. These are AWS's two gates: PassRole, then the
+// service's own sts:AssumeRole. convoy mints the role's credentials itself
+// (sts.RoleCredentials), so the second gate is checked here; without it a
+// caller allowed to pass roles broadly could run a job as a role that
+// trusts only an administrator.
+//
+// The trust policy is evaluated with aws:SourceAccount set to this account;
+// a condition on aws:SourceArn (the job's ARN) does not match, so such a
+// role is refused rather than trusted too widely.
 func (s *Store) AuthorizePassRole(ctx context.Context, p *Principal, roleARN, service string) (Role, error) {
 	role, err := s.RoleByARN(ctx, roleARN)
 	if err != nil {
@@ -291,5 +300,71 @@ func (s *Store) AuthorizePassRole(ctx context.Context, p *Principal, roleARN, se
 	if err := s.Authorize(ctx, p, "iam:PassRole", role.ARN, map[string][]string{"iam:PassedToService": {service}}); err != nil {
 		return Role{}, err
 	}
+	if !s.trusts(role, service) {
+		return Role{}, awsproto.Errorf(http.StatusBadRequest, "ValidationException",
+			"Could not assume role %s. Please ensure that the role exists and allows principal '%s' to assume the role (its trust policy needs an Allow of sts:AssumeRole for {\"Service\": \"%s\"}).",
+			role.ARN, service, service)
+	}
 	return role, nil
+}
+
+// trusts reports whether role's trust policy lets the AWS service principal
+// service (e.g. "sagemaker.amazonaws.com") assume it.
+func (s *Store) trusts(role Role, service string) bool {
+	trust, err := policy.ParseTrust(role.Trust)
+	if err != nil {
+		return false
+	}
+	req := policy.Request{Action: "sts:AssumeRole", Resource: role.ARN, Principal: service,
+		Context: map[string][]string{"aws:SourceAccount": {s.accountID}}}
+	return policy.Evaluate([]*policy.Document{trust}, req) == policy.Allow
+}
+
+// ResourcePolicyGrants reports whether a resource-based policy (a bucket
+// policy, a key policy) that allows req is enough by itself to let p act,
+// without an allow from p's identity policies, as AWS decides within one
+// account:
+//
+//   - a statement naming p's own ARN (the user, or the assumed-role
+//     session) grants;
+//   - one naming p's role, or everyone ("*", NotPrincipal), grants only as
+//     far as p's session policy, if the session has one, allows too: the
+//     session policy bounds what the role's sessions get from policies
+//     that name the role;
+//   - one naming only p's account (its root ARN or bare ID) hands the
+//     decision to p's identity policies and grants nothing by itself.
+//
+// Callers check explicit denies first and treat an identity Allow (from
+// Decide, which applies the session policy) as enough on its own.
+func (s *Store) ResourcePolicyGrants(doc *policy.Document, req policy.Request, p *Principal) bool {
+	entity := false
+	for i := range doc.Statements {
+		st := &doc.Statements[i]
+		if st.Effect != "Allow" || !st.Matches(req) {
+			continue
+		}
+		if st.Principal == nil || st.Principal.Any {
+			entity = true // NotPrincipal, or "*"
+			continue
+		}
+		for _, a := range st.Principal.AWS {
+			switch {
+			case a == p.ARN:
+				return true
+			case a == "*" || (p.Kind == KindAssumedRole && a == p.RoleARN):
+				entity = true
+			}
+		}
+	}
+	return entity && sessionAllows(p, req)
+}
+
+// sessionAllows reports whether p's session policy allows req; true for a
+// session without one.
+func sessionAllows(p *Principal, req policy.Request) bool {
+	if p.SessionPolicy == "" {
+		return true
+	}
+	sp, err := policy.Parse(p.SessionPolicy)
+	return err == nil && policy.Evaluate([]*policy.Document{sp}, req) == policy.Allow
 }

@@ -15,10 +15,11 @@ import (
 // within one account:
 //
 //   - an explicit Deny in the key policy or in p's IAM policies denies;
-//   - a key policy statement that allows p itself (its ARN, its role's ARN,
-//     or "*") allows without IAM;
+//   - a key policy statement that allows p itself (its ARN; its role's ARN
+//     or "*" within its session policy) allows without IAM;
 //   - a statement that allows p only through its account (the account root,
-//     as the default key policy does) delegates to IAM, which must allow too;
+//     as the default key policy does) delegates to IAM, which must allow too
+//     (iam.Store.ResourcePolicyGrants);
 //   - anything else is denied.
 func (s *Service) authorizeKey(ctx context.Context, p *iam.Principal, action string, k *key, cond map[string][]string) error {
 	if p == nil {
@@ -47,7 +48,7 @@ func (s *Service) authorizeKey(ctx context.Context, p *iam.Principal, action str
 		return denied(p, action, k.ARN, "because "+why)
 	case byKey != policy.Allow:
 		return denied(p, action, k.ARN, "because no resource-based policy allows the "+action+" action")
-	case byIAM == policy.Allow || namesCaller(doc, req, p):
+	case byIAM == policy.Allow || s.iam.ResourcePolicyGrants(doc, req, p):
 		return nil
 	}
 	return denied(p, action, k.ARN, "because "+why)
@@ -74,26 +75,6 @@ func withCaller(cond map[string][]string, p *iam.Principal) map[string][]string 
 func denied(p *iam.Principal, action, resource, why string) error {
 	return awsproto.Errorf(http.StatusForbidden, "AccessDenied",
 		"User: %s is not authorized to perform: %s on resource: %s %s", p.ARN, action, resource, why)
-}
-
-// namesCaller reports whether an Allow statement of the key policy that
-// applies to req names the caller itself rather than only its account.
-func namesCaller(doc *policy.Document, req policy.Request, p *iam.Principal) bool {
-	for i := range doc.Statements {
-		st := &doc.Statements[i]
-		if st.Effect != "Allow" || st.Principal == nil || !st.Matches(req) {
-			continue
-		}
-		if st.Principal.Any {
-			return true
-		}
-		for _, a := range st.Principal.AWS {
-			if a == "*" || a == p.ARN || (p.Kind == iam.KindAssumedRole && a == p.RoleARN) {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // keyPolicy returns the parsed form of a stored key policy.

@@ -210,8 +210,11 @@ func checkKey(key string) error {
 }
 
 // authorize checks action on resource with the caller's identity policies
-// and the bucket policy: an explicit deny in either wins, an allow in
-// either suffices (same account).
+// and the bucket policy, as S3 does within one account: an explicit deny
+// in either wins; an identity allow suffices; a bucket policy allow
+// suffices only when it names the caller (or its role, within its session
+// policy), not when it names just the account, which hands the decision
+// to the caller's own policies (iam.Store.ResourcePolicyGrants).
 func (s *Store) authorize(c *request, action, resource string, cond map[string][]string) error {
 	ctx := c.r.Context()
 	if c.p == nil {
@@ -221,7 +224,7 @@ func (s *Store) authorize(c *request, action, resource string, cond map[string][
 	if err != nil {
 		return err
 	}
-	bucketDecision := policy.ImplicitDeny
+	bucketDecision, bucketGrants := policy.ImplicitDeny, false
 	if c.bucket != "" && identity != policy.ExplicitDeny {
 		var doc string
 		s.db.QueryRowContext(ctx, `SELECT policy FROM s3_buckets WHERE name = ?`, c.bucket).Scan(&doc)
@@ -231,8 +234,10 @@ func (s *Store) authorize(c *request, action, resource string, cond map[string][
 				for k, v := range cond {
 					ctxKeys[k] = v
 				}
-				bucketDecision = policy.Evaluate([]*policy.Document{bp}, policy.Request{Action: action, Resource: resource,
-					Principal: c.p.ARN, PrincipalAccount: c.p.AccountID, Context: ctxKeys})
+				req := policy.Request{Action: action, Resource: resource,
+					Principal: c.p.ARN, PrincipalAccount: c.p.AccountID, Context: ctxKeys}
+				bucketDecision = policy.Evaluate([]*policy.Document{bp}, req)
+				bucketGrants = bucketDecision == policy.Allow && s.cfg.IAM.ResourcePolicyGrants(bp, req, c.p)
 			}
 		}
 	}
@@ -241,7 +246,7 @@ func (s *Store) authorize(c *request, action, resource string, cond map[string][
 		if bucketDecision == policy.ExplicitDeny {
 			why = "of an explicit deny in the bucket policy"
 		}
-	case identity == policy.Allow || bucketDecision == policy.Allow:
+	case identity == policy.Allow || bucketGrants:
 		return nil
 	}
 	return s3err(http.StatusForbidden, "AccessDenied", "User: %s is not authorized to perform: %s on resource: %s because %s", c.p.ARN, action, resource, why)

@@ -149,6 +149,8 @@ func (v *Verifier) verifyAuthenticated(r *http.Request, a *authInfo, ps []param,
 		if err := checkAmzHeadersSigned(r, cred); err != nil {
 			return nil, err
 		}
+	} else if err := checkRoutingHeadersSigned(r, cred); err != nil {
+		return nil, err
 	}
 	ph, pk, err := signedPayloadHash(r, a)
 	if err != nil {
@@ -512,6 +514,22 @@ func checkAmzHeadersSigned(r *http.Request, cred *credential) *Error {
 			continue
 		}
 		return errorf(BadSignature, "there were headers present in the request which were not signed: "+quoteShort(lk))
+	}
+	return nil
+}
+
+// checkRoutingHeadersSigned refuses a request to a service other than S3
+// that carries X-Amz-Target or Content-Type without signing it. Those two
+// choose what a signed body means: X-Amz-Target the operation of a JSON
+// request (and, for "sagemaker", whether the runtime or the control plane
+// serves it), Content-Type the parser. Unsigned, someone holding a copy
+// of a signed request could replay its body as another operation within
+// the clock-skew window. Every SDK and CLI signs both.
+func checkRoutingHeadersSigned(r *http.Request, cred *credential) *Error {
+	for _, h := range [...]string{"x-amz-target", "content-type"} {
+		if _, present := r.Header[http.CanonicalHeaderKey(h)]; present && !cred.signs(h) {
+			return errorf(BadSignature, "the "+h+" header must be signed (add it to SignedHeaders)")
+		}
 	}
 	return nil
 }

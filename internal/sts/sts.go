@@ -116,12 +116,20 @@ func (s *Service) Lookup(ctx context.Context, accessKeyID, token string) (string
 		Temporary: true, SessionPolicy: c.SessionPolicy, TokenIssued: time.Unix(c.Issued, 0), RoleARN: c.RoleARN,
 		SessionName: c.Session,
 	}
+	// A session is bound to the unique ID of its role or user (AROA…,
+	// AIDA…), as on AWS, not to the name: policies are looked up by name,
+	// so a session of a deleted role or user must not come back to life
+	// as whatever is created later under the same name.
 	if c.Kind == iam.KindAssumedRole {
+		r, err := s.iam.GetRole(ctx, c.Name)
+		if err != nil || r.ID+":"+c.Session != c.UserID {
+			return "", nil, ErrInvalidToken // the role was deleted (and perhaps created again)
+		}
 		p.ARN = fmt.Sprintf("arn:aws:sts::%s:assumed-role/%s/%s", p.AccountID, c.Name, c.Session)
 	} else {
 		u, err := s.iam.GetUser(ctx, c.Name)
-		if err != nil {
-			return "", nil, ErrInvalidToken // the user was deleted
+		if err != nil || u.ID != c.UserID {
+			return "", nil, ErrInvalidToken // the user was deleted (and perhaps created again)
 		}
 		p.ARN = u.ARN
 	}
