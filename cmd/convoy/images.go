@@ -109,8 +109,11 @@ binaries, and its Python packages. Findings are listed most severe first,
 with the version that fixes each when the database names one.
 
 Severity is the record's own rating (GitHub advisories' LOW, MODERATE, HIGH,
-CRITICAL), else NVD's rating of its CVSS base score, else UNKNOWN. UNKNOWN
-findings are listed but never reach a threshold.
+CRITICAL; Canonical's priority), else NVD's rating of its CVSS base score;
+for a record that states none (Debian's), NVD's rating of its CVE from the
+imported NVD feeds (convoy vulndb import --help), marked * in the table and
+"severity_source": "nvd" with the CVE and score in --json; else UNKNOWN.
+UNKNOWN findings are listed but never reach a threshold.
 
 --fail-on exits non-zero when a finding reaches that severity, for scripts;
 convoy up applies the same test to every image it runs

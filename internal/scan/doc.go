@@ -13,14 +13,19 @@
 //     make convoy read a file of the host.
 //   - DB is the vulnerability database under DATA/vulndb, imported by the
 //     operator from OSV files (https://ossf.github.io/osv-schema/): single
-//     JSON records, directories of them, or osv.dev's per-ecosystem all.zip.
-//     Machines are air-gapped, so convoy downloads nothing.
-//   - Scan matches the inventory against the database and returns a Report;
+//     JSON records, directories of them, or osv.dev's per-ecosystem all.zip;
+//     and from NVD's JSON feeds, whose CVE ratings give a severity to
+//     records that state none (Debian's). Machines are air-gapped, so
+//     convoy downloads nothing.
+//   - Scan matches the inventory against the database and returns a Report,
+//     deciding each finding's severity then (the record's own, else NVD's
+//     rating of its CVEs, and saying which);
 //     Gate refuses a report with findings at or above a severity. Scanner
 //     caches reports per (image digest, database version) for the daemon.
 //
 // Written by hand: the OSV record subset convoy needs, the event-range
-// evaluation of the OSV schema, and the parsers of os-release, dpkg status,
+// evaluation of the OSV schema, the streaming reader of NVD's rating in
+// its 2.0 and 1.1 JSON files (nvd.go), and the parsers of os-release, dpkg status,
 // apk's installed database and Python METADATA (each a few lines of
 // key-value text, where a library would add more than it saves). Libraries
 // supply what is easy to get wrong: Debian (and Ubuntu) version ordering

@@ -83,6 +83,7 @@ type osvRecord struct {
 	Modified         string          `json:"modified"`
 	Withdrawn        string          `json:"withdrawn"`
 	Aliases          []string        `json:"aliases"`
+	Upstream         []string        `json:"upstream"`
 	Summary          string          `json:"summary"`
 	Severity         []osvSeverity   `json:"severity"`
 	Affected         []osvAffected   `json:"affected"`
@@ -124,13 +125,25 @@ type Event struct {
 }
 
 // Vuln is an OSV record as the database keeps it: what matching and
-// reporting need, with the severity decided at import.
+// reporting need, with the record's own severity decided at import.
 type Vuln struct {
-	ID       string     `json:"id"`
-	Aliases  []string   `json:"aliases,omitempty"`
+	ID      string   `json:"id"`
+	Aliases []string `json:"aliases,omitempty"`
+	// CVEs are the CVE ids the record stands for (cveIDs), for NVD's
+	// rating when the record states no severity. Records imported before
+	// convoy kept them have none: cves derives them from ID and Aliases.
+	CVEs     []string   `json:"cves,omitempty"`
 	Summary  string     `json:"summary,omitempty"`
 	Severity Severity   `json:"severity"`
 	Affected []Affected `json:"affected"`
+}
+
+// cves returns the CVE ids v stands for.
+func (v *Vuln) cves() []string {
+	if v.CVEs != nil {
+		return v.CVEs
+	}
+	return cveIDs(v.ID, v.Aliases, nil)
 }
 
 // Affected is one package a Vuln affects.
@@ -157,7 +170,7 @@ func parseOSV(data []byte) (Vuln, error) {
 	if r.Withdrawn != "" {
 		return Vuln{}, errWithdrawn
 	}
-	v := Vuln{ID: r.ID, Aliases: r.Aliases, Summary: truncate(r.Summary, 200)}
+	v := Vuln{ID: r.ID, Aliases: r.Aliases, CVEs: cveIDs(r.ID, r.Aliases, r.Upstream), Summary: truncate(r.Summary, 200)}
 	v.Severity = recordSeverity(r.DatabaseSpecific, r.Severity)
 	for _, a := range r.Affected {
 		if a.Package.Ecosystem == "" || a.Package.Name == "" {

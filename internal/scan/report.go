@@ -35,7 +35,14 @@ type DatabaseInfo struct {
 	Version  string    `json:"version"`
 	Imported time.Time `json:"imported"`
 	Records  int       `json:"records"`
+	NVDCVEs  int       `json:"nvd_cves"` // CVEs NVD's imported files rate
 }
+
+// Severity sources: where a finding's severity came from.
+const (
+	SourceRecord = "record" // the OSV record's own rating
+	SourceNVD    = "nvd"    // NVD's rating of one of the record's CVEs
+)
 
 // Finding is one vulnerability of one installed package.
 type Finding struct {
@@ -45,15 +52,59 @@ type Finding struct {
 	Location  string   `json:"location"`
 	ID        string   `json:"id"`
 	Aliases   []string `json:"aliases,omitempty"`
+	CVEs      []string `json:"cves,omitempty"`
 	Severity  Severity `json:"severity"`
-	Fixed     string   `json:"fixed_version,omitempty"`
-	Summary   string   `json:"summary,omitempty"`
+	// SeveritySource says where Severity came from, so that an auditor can
+	// trace it: SourceRecord, SourceNVD (NVD then names the CVE, score and
+	// CVSS version), or "" when UNKNOWN.
+	SeveritySource string     `json:"severity_source,omitempty"`
+	NVD            *NVDRating `json:"nvd,omitempty"`
+	Fixed          string     `json:"fixed_version,omitempty"`
+	Summary        string     `json:"summary,omitempty"`
+}
+
+// cve is the CVE a finding is best known by: the one NVD rated, else the
+// record's first.
+func (f Finding) cve() string {
+	if f.NVD != nil {
+		return f.NVD.CVE
+	}
+	if len(f.CVEs) > 0 {
+		return f.CVEs[0]
+	}
+	return firstCVE(f.Aliases)
+}
+
+// severityOf decides a record's severity when a report is made (so that
+// the order in which OSV and NVD files were imported does not matter): the
+// record's own rating; else the highest NVD rating of its CVEs (the higher
+// score, then the first CVE, breaking ties); else Unknown.
+func (db *DB) severityOf(v *Vuln) (Severity, string, *NVDRating) {
+	if v.Severity != Unknown {
+		return v.Severity, SourceRecord, nil
+	}
+	var best *NVDRating
+	for _, cve := range v.cves() {
+		r := db.NVD[cve]
+		if r == nil {
+			continue
+		}
+		if best == nil || r.Severity > best.Severity || (r.Severity == best.Severity && r.Score > best.Score) {
+			rated := *r
+			rated.CVE = cve
+			best = &rated
+		}
+	}
+	if best == nil {
+		return Unknown, "", nil
+	}
+	return best.Severity, SourceNVD, best
 }
 
 // Scan matches inv against db.
 func Scan(db *DB, inv Inventory) Report {
 	r := Report{OS: inv.OS, Scanned: time.Now().UTC(), Findings: []Finding{},
-		Database: DatabaseInfo{Version: db.Version, Imported: db.Imported, Records: db.Records}}
+		Database: DatabaseInfo{Version: db.Version, Imported: db.Imported, Records: db.Records, NVDCVEs: len(db.NVD)}}
 	seen := map[string]bool{}
 	for _, p := range inv.Packages {
 		key := p.Ecosystem + "\x00" + p.Name + "\x00" + p.Version
@@ -75,8 +126,9 @@ func Scan(db *DB, inv Inventory) Report {
 				if !hit {
 					continue
 				}
+				sev, source, nvd := db.severityOf(v)
 				r.Findings = append(r.Findings, Finding{Package: p.Name, Ecosystem: p.Ecosystem, Version: p.Version, Location: p.Location,
-					ID: v.ID, Aliases: v.Aliases, Severity: v.Severity, Fixed: fixed, Summary: v.Summary})
+					ID: v.ID, Aliases: v.Aliases, CVEs: v.cves(), Severity: sev, SeveritySource: source, NVD: nvd, Fixed: fixed, Summary: v.Summary})
 				break
 			}
 		}
@@ -152,10 +204,14 @@ func (e *GateError) Error() string {
 			b.WriteString(", ")
 		}
 		b.WriteString(f.ID)
-		if cve := firstCVE(f.Aliases); cve != "" && cve != f.ID {
+		if cve := f.cve(); cve != "" && cve != f.ID {
 			b.WriteString(" (" + cve + ")")
 		}
-		fmt.Fprintf(&b, " %s in %s %s", f.Severity, f.Package, f.Version)
+		b.WriteString(" " + f.Severity.String())
+		if f.SeveritySource == SourceNVD {
+			b.WriteString(" (rated by NVD)")
+		}
+		fmt.Fprintf(&b, " in %s %s", f.Package, f.Version)
 		if f.Fixed != "" {
 			fmt.Fprintf(&b, " (fixed in %s)", f.Fixed)
 		}
@@ -202,7 +258,7 @@ func WriteTable(w io.Writer, r Report) error {
 		osName = "unknown"
 	}
 	fmt.Fprintf(w, "os %s, %d packages scanned (%d skipped: an ecosystem or version convoy cannot match)\n", osName, r.Packages, r.Skipped)
-	fmt.Fprintf(w, "database imported %s, %d records\n", r.Database.Imported.Format(time.RFC3339), r.Database.Records)
+	fmt.Fprintf(w, "database imported %s, %d records, NVD ratings of %d CVEs\n", r.Database.Imported.Format(time.RFC3339), r.Database.Records, r.Database.NVDCVEs)
 	if len(r.Findings) == 0 {
 		_, err := fmt.Fprintln(w, "no known vulnerabilities")
 		return err
@@ -210,18 +266,31 @@ func WriteTable(w io.Writer, r Report) error {
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SEVERITY\tID\tCVE\tPACKAGE\tINSTALLED\tFIXED\tWHERE")
+	fromNVD := false
 	for _, f := range r.Findings {
 		fixed := f.Fixed
 		if fixed == "" {
 			fixed = "-"
 		}
-		cve := firstCVE(f.Aliases)
+		cve := f.cve()
 		if cve == "" {
 			cve = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.Severity, f.ID, cve, f.Package, f.Version, fixed, f.Location)
+		sev := f.Severity.String()
+		if f.SeveritySource == SourceNVD {
+			sev += "*"
+			fromNVD = true
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", sev, f.ID, cve, f.Package, f.Version, fixed, f.Location)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if fromNVD {
+		_, err := fmt.Fprintln(w, "\n* rated by NVD: the record states no severity, so it is NVD's rating of the CVE shown (--json gives the score and CVSS version)")
+		return err
+	}
+	return nil
 }
 
 // Scanner is the deploy gate of a running convoy: it scans images against
@@ -262,7 +331,7 @@ func (s *Scanner) Database() (*DB, error) {
 	}
 	s.db, s.dbStamp, s.cache = db, stamp, map[string]Report{}
 	if s.Log != nil {
-		s.Log.Info("vulnerability database loaded", "records", db.Records, "imported", db.Imported)
+		s.Log.Info("vulnerability database loaded", "records", db.Records, "nvd_cves", len(db.NVD), "imported", db.Imported)
 	}
 	return db, nil
 }

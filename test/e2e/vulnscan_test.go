@@ -1,13 +1,24 @@
 package e2e
 
 import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
 	"encoding/json"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"convoy/test/e2e/harness"
 )
@@ -39,12 +50,92 @@ func vulnDB(t *testing.T) string {
 	return dir
 }
 
+// debianImage writes an OCI image layout of a Debian 12 root filesystem
+// that holds only what convoy's scanner reads of it: /etc/os-release and a
+// dpkg status database listing openssl's libssl3 3.0.11-1~deb12u2. (The
+// trainer image is a lone Go binary, with no dpkg packages.) It is never
+// run: the gate refuses it at CreateModel.
+func debianImage(t *testing.T) string {
+	t.Helper()
+	files := []struct{ name, content string }{
+		{"etc/os-release", "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\nVERSION_ID=\"12\"\n"},
+		{"var/lib/dpkg/status", "Package: libssl3\nStatus: install ok installed\nSource: openssl\nVersion: 3.0.11-1~deb12u2\n\n" +
+			"Package: bash\nStatus: install ok installed\nVersion: 5.2.15-2+b2\n"},
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, d := range []string{"etc/", "var/", "var/lib/", "var/lib/dpkg/"} {
+		tw.WriteHeader(&tar.Header{Name: d, Mode: 0o755, Typeflag: tar.TypeDir})
+	}
+	for _, f := range files {
+		tw.WriteHeader(&tar.Header{Name: f.name, Mode: 0o644, Size: int64(len(f.content)), Typeflag: tar.TypeReg})
+		tw.Write([]byte(f.content))
+	}
+	tw.Close()
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf.Bytes())), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, _ := img.ConfigFile()
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", runtime.GOARCH
+	cf.Config = v1.Config{Entrypoint: []string{"/bin/serve"}}
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "layout")
+	p, err := layout.Write(dir, empty.Index)
+	if err == nil {
+		err = p.AppendImage(img)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// debianOSV writes a Debian OSV record as osv.dev publishes them: it
+// states no severity, only its CVE (in its id and "upstream").
+func debianOSV(t *testing.T) string {
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "DEBIAN-CVE-2099-0005.json"), mustJSON(map[string]any{
+		"id": "DEBIAN-CVE-2099-0005", "modified": "2099-01-01T00:00:00Z", "upstream": []string{"CVE-2099-0005"},
+		"details": "crafted for convoy's tests",
+		"affected": []any{map[string]any{"package": map[string]string{"ecosystem": "Debian:12", "name": "openssl"},
+			"ranges": []any{map[string]any{"type": "ECOSYSTEM", "events": []any{map[string]string{"introduced": "0"}, map[string]string{"fixed": "3.0.13-1~deb12u1"}}}}}}}))
+	return dir
+}
+
+// nvdFeed gzips testdata/vulndb/nvdcve-2.0-2099.json, NVD 2.0 feed records
+// that rate CVE-2099-0005 CRITICAL (and reject CVE-2099-0006), as NVD
+// publishes its yearly feeds.
+func nvdFeed(t *testing.T) string {
+	raw, err := os.ReadFile("testdata/vulndb/nvdcve-2.0-2099.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	zw := gzip.NewWriter(&b)
+	zw.Write(raw)
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return writeFile(t, filepath.Join(t.TempDir(), "nvdcve-2.0-2099.json.gz"), b.Bytes())
+}
+
 // The image vulnerability gate, end to end: convoy up without a database
 // says once that images are not scanned and refuses nothing; an import into
 // the running convoy's data directory takes effect at once; CreateModel is
 // then refused with a ValidationException and a training job fails with a
 // ClientError, both naming the OSV record; convoy images scan lists it and
-// --fail-on fails; --deny-image-severity none lets the image run.
+// --fail-on fails; a Debian record without a severity is UNKNOWN and
+// allowed until NVD's feed rates its CVE CRITICAL, and is then refused,
+// the report saying NVD rated it; --deny-image-severity none lets the
+// image run.
 func TestImageVulnerabilityGate(t *testing.T) {
 	cli := harness.Tool(t, "aws")
 	bin := harness.Binary(t)
@@ -70,11 +161,12 @@ func TestImageVulnerabilityGate(t *testing.T) {
 			t.Fatalf("s3 mb %s: %v\n%s", b, r.Err, r.Stderr)
 		}
 	}
-	model := func(name string) []string {
+	modelOf := func(name, image string) []string {
 		file := writeFile(t, filepath.Join(t.TempDir(), name+".json"), mustJSON(map[string]any{
-			"ModelName": name, "ExecutionRoleArn": role, "PrimaryContainer": map[string]any{"Image": "trainer:1"}}))
+			"ModelName": name, "ExecutionRoleArn": role, "PrimaryContainer": map[string]any{"Image": image}}))
 		return []string{"sagemaker", "create-model", "--cli-input-json", "file://" + file}
 	}
+	model := func(name string) []string { return modelOf(name, "trainer:1") }
 
 	// No database: nothing is refused.
 	awsJSON(t, c, cli, model("before-import"))
@@ -135,6 +227,60 @@ func TestImageVulnerabilityGate(t *testing.T) {
 		}
 		t.Logf("FailureReason: %s", str(d, "FailureReason"))
 		break
+	}
+
+	// Debian: osv.dev's records state no severity, so the finding is
+	// UNKNOWN and the image allowed, until NVD's feed rates the CVE.
+	run(true, "images", "import", "--data", c.DataDir, debianImage(t), "debian-app:1")
+	out = run(true, "vulndb", "import", "--data", c.DataDir, debianOSV(t))
+	if !strings.Contains(out, "Debian:12") || !strings.Contains(out, "import NVD's feeds too") {
+		t.Errorf("vulndb import of a Debian record:\n%s", out)
+	}
+	type debianReport struct {
+		Findings []struct {
+			ID, Package, Severity string
+			Source                string `json:"severity_source"`
+			NVD                   *struct {
+				CVE, Severity, CVSS string
+				Score               float64
+			}
+		}
+	}
+	scanDebian := func() debianReport {
+		t.Helper()
+		var r debianReport
+		if err := json.Unmarshal([]byte(run(true, "images", "scan", "--data", c.DataDir, "debian-app:1", "--json")), &r); err != nil {
+			t.Fatal(err)
+		}
+		if len(r.Findings) != 1 || r.Findings[0].ID != "DEBIAN-CVE-2099-0005" || r.Findings[0].Package != "openssl" {
+			t.Fatalf("debian-app:1 findings %+v", r.Findings)
+		}
+		return r
+	}
+	if f := scanDebian().Findings[0]; f.Severity != "UNKNOWN" || f.Source != "" || f.NVD != nil {
+		t.Errorf("without NVD: %+v", f)
+	}
+	awsJSON(t, c, cli, modelOf("debian-before-nvd", "debian-app:1")) // the running convoy scans and caches it
+	out = run(true, "vulndb", "import", "--data", c.DataDir, nvdFeed(t))
+	if !strings.Contains(out, "NVD                      1 CVEs (1 rejected by NVD ignored)") || !strings.Contains(out, "NVD ratings of 1 CVEs") {
+		t.Errorf("vulndb import of an NVD feed:\n%s", out)
+	}
+	if out := run(true, "vulndb", "status", "--data", c.DataDir); !strings.Contains(out, "NVD                      1 CVEs, imported") {
+		t.Errorf("vulndb status:\n%s", out)
+	}
+	if f := scanDebian().Findings[0]; f.Severity != "CRITICAL" || f.Source != "nvd" || f.NVD == nil ||
+		f.NVD.CVE != "CVE-2099-0005" || f.NVD.Score != 9.8 || f.NVD.CVSS != "3.1" { // NVD's Primary, not the CNA's HIGH
+		t.Errorf("with NVD: %+v %+v", f, f.NVD)
+	}
+	out = run(false, "images", "scan", "--data", c.DataDir, "debian-app:1", "--fail-on", "critical")
+	if !strings.Contains(out, "CRITICAL*") || !strings.Contains(out, "CVE-2099-0005") || !strings.Contains(out, "* rated by NVD") {
+		t.Errorf("images scan debian-app:1:\n%s", out)
+	}
+	t.Logf("convoy images scan debian-app:1:\n%s", out)
+	r = c.AWS(t, cli, modelOf("debian-after-nvd", "debian-app:1"), "AWS_MAX_ATTEMPTS=1")
+	if r.Err == nil || !strings.Contains(r.Stderr, "(ValidationException)") ||
+		!strings.Contains(r.Stderr, "DEBIAN-CVE-2099-0005 (CVE-2099-0005) CRITICAL (rated by NVD) in openssl 3.0.11-1~deb12u2") {
+		t.Fatalf("create-model of debian-app:1 after the NVD import (the cached report must not be used): err %v\n%s", r.Err, r.Stderr)
 	}
 
 	// --deny-image-severity none: the same image may be used.
