@@ -3,10 +3,13 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -25,13 +28,15 @@ func edgeCmd() *cobra.Command {
               client certificate from the core's device CA; the MQTT client ID
               must be the certificate's CN. A device may publish and subscribe
               under devices/<name>/# and subscribe to broadcast/#, nothing else.
+              convoy edge devices revoke cuts a device off at once.
   components  on the core connect to DATA/ipc.sock (MQTT, unencrypted: it never
               leaves the machine, as in Greengrass) and are admitted only if
               their user ID is root's, the data directory owner's, or listed in
               --ipc-allow-uid. They may use every topic.
   uplink      every message on devices/+/telemetry/# is stored on disk before it
-              is acknowledged, then uploaded in batches to the cloud convoy's S3
-              over HTTPS; nothing is lost while the cloud is unreachable.
+              is acknowledged (encrypted at rest under DATA/queue.key), then
+              uploaded in batches to the cloud convoy's S3 over HTTPS; nothing
+              is lost while the cloud is unreachable.
   deployments components (a command and its artifacts, Greengrass-style) are
               fetched from the cloud's S3 over HTTPS, checked against their
               SHA-256 digests and run as supervised processes of an
@@ -92,7 +97,9 @@ MQTT client ID the device must use.
 
 Certificates live one year by default (--lifetime): short enough that a lost
 device's credential expires by itself, long enough for a device that is out of
-reach for months. Re-issue before then; an existing key is never overwritten.`,
+reach for months. Re-issue before then; an existing key is never overwritten.
+Each certificate's serial is recorded in DATA/devices.json, so that it can be
+revoked (convoy edge devices revoke) and listed (convoy edge devices list).`,
 		Example: `  convoy edge devices add sensor-1 --data /srv/edge --out ./sensor-1`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -101,8 +108,8 @@ reach for months. Re-issue before then; an existing key is never overwritten.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "device %q: certificate valid until %s\n  %s\n  %s\n  %s\n\npublish with:\n  mosquitto_pub --cafile %s --cert %s --key %s -h 127.0.0.1 -p 8883 -i %s -q 1 -t devices/%s/telemetry/temp -m 21.5\n",
-				name, f.NotAfter.UTC().Format(time.RFC3339), f.Cert, f.Key, f.CA, f.CA, f.Cert, f.Key, name, name)
+			fmt.Fprintf(cmd.OutOrStdout(), "device %q: certificate %s valid until %s\n  %s\n  %s\n  %s\n\npublish with:\n  mosquitto_pub --cafile %s --cert %s --key %s -h 127.0.0.1 -p 8883 -i %s -q 1 -t devices/%s/telemetry/temp -m 21.5\n",
+				name, f.Serial, f.NotAfter.UTC().Format(time.RFC3339), f.Cert, f.Key, f.CA, f.CA, f.Cert, f.Key, name, name)
 			return nil
 		},
 	}
@@ -110,7 +117,86 @@ reach for months. Re-issue before then; an existing key is never overwritten.`,
 	add.Flags().StringVar(&out, "out", ".", "directory for NAME.crt, NAME.key and ca.crt")
 	add.Flags().DurationVar(&lifetime, "lifetime", edge.DeviceCertLifetime, "certificate lifetime")
 	add.MarkFlagRequired("data")
-	cmd.AddCommand(add)
+	cmd.AddCommand(add, edgeDevicesRevokeCmd(), edgeDevicesListCmd())
+	return cmd
+}
+
+func edgeDevicesRevokeCmd() *cobra.Command {
+	var dir, reason string
+	cmd := &cobra.Command{
+		Use:   "revoke NAME",
+		Short: "Revoke every certificate issued to device NAME so far",
+		Long: `Revoke every certificate issued to device NAME so far, by serial, in
+DATA/devices.json (the device register, mode 0600). A running core notices
+within about a second: it refuses the certificates in the TLS handshake and
+disconnects the device if it is connected. No restart is needed.
+
+The revocation is of certificates, not of the name: convoy edge devices add
+NAME afterwards issues a new certificate that works (remove the old NAME.key
+or use another --out).
+
+Certificates issued before convoy recorded serials (they are not in the
+register) are revoked by name and date: every such certificate with CN=NAME
+issued up to now.`,
+		Example: `  convoy edge devices revoke sensor-1 --data /srv/edge --reason "device stolen"`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			revoked, err := edge.RevokeDevice(dir, args[0], reason, time.Now())
+			if err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "device %q: %d certificate(s) revoked now", args[0], len(revoked))
+			for _, s := range revoked {
+				fmt.Fprintf(w, "\n  serial %s", s)
+			}
+			fmt.Fprintf(w, "\nunregistered certificates of %q (issued before convoy recorded serials) up to now are revoked too\n", args[0])
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dir, "data", "", "the core's data directory (required)")
+	cmd.Flags().StringVar(&reason, "reason", "", "why, for the register and the core's log")
+	cmd.MarkFlagRequired("data")
+	return cmd
+}
+
+func edgeDevicesListCmd() *cobra.Command {
+	var dir string
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List devices, their certificates' serials, expiry and revocation",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			reg, err := edge.ListDevices(dir)
+			if err != nil {
+				return err
+			}
+			now := time.Now()
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "DEVICE\tSERIAL\tNOT AFTER\tSTATE")
+			for _, c := range reg.Certificates() {
+				state := "valid"
+				switch {
+				case c.RevokedAt != nil:
+					state = "revoked " + c.RevokedAt.UTC().Format(time.RFC3339)
+					if c.Reason != "" {
+						state += " (" + c.Reason + ")"
+					}
+				case now.After(c.NotAfter):
+					state = "expired"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", c.Device, c.Serial, c.NotAfter.UTC().Format(time.RFC3339), state)
+			}
+			for _, name := range slices.Sorted(maps.Keys(reg.Devices)) {
+				if cut := reg.Devices[name].UnregisteredRevokedBefore; cut != nil {
+					fmt.Fprintf(tw, "%s\t(unregistered)\t-\trevoked if issued up to %s\n", name, cut.UTC().Format(time.RFC3339))
+				}
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().StringVar(&dir, "data", "", "the core's data directory (required)")
+	cmd.MarkFlagRequired("data")
 	return cmd
 }
 
@@ -133,9 +219,14 @@ unencrypted; a connection is accepted only if the peer's user ID (SO_PEERCRED)
 is 0, the owner of DATA, or in --ipc-allow-uid. DATA is 0700: for other users,
 put the socket elsewhere with --ipc-socket.
 
+Revocation: DATA/devices.json (convoy edge devices revoke) is checked every
+second; a revoked certificate is refused in the TLS handshake and a connected
+device holding one is disconnected.
+
 Uplink: with --bucket, every message on devices/+/telemetry/# is committed to
-DATA/edge.db before its QoS 1 PUBACK, then uploaded in JSON Lines batches to
-s3://BUCKET/PREFIX<core name>/<first-seq>-<last-seq>.jsonl over HTTPS, verified
+DATA/edge.db before its QoS 1 PUBACK, topic and payload sealed with AES-256-GCM
+under DATA/queue.key (0600, created at first run), then uploaded in JSON Lines
+batches to s3://BUCKET/PREFIX<core name>/<first-seq>-<last-seq>.jsonl over HTTPS, verified
 against the cloud's CA bundle, and deleted locally only after S3 stored it.
 --cloud-env is a copy of the convoy.env that convoy up writes (endpoint, CA
 bundle, keys: prefer keys of an IAM user that may only s3:PutObject under

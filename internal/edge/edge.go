@@ -11,18 +11,26 @@
 //     seed's "local IPC is not encrypted because it never leaves the
 //     device". It is not networked, and each connection's peer user ID
 //     (SO_PEERCRED) is checked before the broker reads a byte.
+//   - A device's certificates are recorded by serial when issued, and a
+//     revoked one is refused in the handshake and disconnected if it is
+//     connected (revoke.go).
 //   - Telemetry (devices/+/telemetry/#) goes to the cloud store-and-forward:
-//     queued durably in SQLite before a QoS 1 publish is acknowledged, then
-//     uploaded in batches to the cloud convoy's S3 over HTTPS, verified
-//     against the cloud's CA, and deleted only once S3 has stored it.
+//     queued durably in SQLite, sealed with AES-256-GCM under DIR/queue.key,
+//     before a QoS 1 publish is acknowledged, then uploaded in batches to
+//     the cloud convoy's S3 over HTTPS, verified against the cloud's CA,
+//     and deleted only once S3 has stored it. A row that does not open is
+//     quarantined and logged, never exported nor silently dropped
+//     (queue.go).
 //
 // The MQTT protocol (3.1.1 and 5) is github.com/mochi-mqtt/server/v2: a
 // broker library with hooks for authentication, ACLs and publishes, so the
 // protocol is not re-implemented here. Written by hand, because no library
 // fits convoy's rules: the binding of client ID to certificate CN and the
-// device policy (policy.go), the peer-credential listener (peercred.go),
-// the durable queue on convoy's state package (queue.go), and the exporter
-// (uplink.go). Every tls.Config comes from internal/tlsconf and every
+// device policy (policy.go), the device register and revocation
+// (revoke.go: no CRL library fits a core that is its own CA and checks a
+// local list), the peer-credential listener (peercred.go), the sealed
+// durable queue on convoy's state and sealbox packages (queue.go), and the
+// exporter (uplink.go). Every tls.Config comes from internal/tlsconf and every
 // certificate from internal/pki.
 //
 //   - Deployments (deploy.go): the core polls a document in the cloud's S3
@@ -31,7 +39,7 @@
 //     as an unprivileged user, with nothing of the core's environment.
 //
 // Not yet: archives in deployments, the cloud-side MQTT endpoint, device
-// policies beyond the built-in one, certificate revocation.
+// policies beyond the built-in one, rotation of the queue key.
 package edge
 
 import (
@@ -60,6 +68,7 @@ import (
 
 	"convoy/internal/fsutil"
 	"convoy/internal/pki"
+	"convoy/internal/sealbox"
 	"convoy/internal/state"
 	"convoy/internal/tlsconf"
 )
@@ -81,6 +90,10 @@ type Options struct {
 	CloudProfile tlsconf.Profile
 	Bucket       string
 	Prefix       string
+
+	// RevocationPoll is how often the device register is checked for
+	// revocations (revoke.go); 0 means a second.
+	RevocationPoll time.Duration
 
 	MaxQueueBytes int64
 	BackoffMin    time.Duration
@@ -125,7 +138,11 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return fmt.Errorf("broker CA (run `convoy edge init`?): %w", err)
 	}
-	devices, err := deviceCAPool(o.DataDir)
+	devices, deviceRoot, err := deviceCAPool(o.DataDir)
+	if err != nil {
+		return err
+	}
+	guard, err := newRevocationGuard(o.DataDir, deviceRoot, log)
 	if err != nil {
 		return err
 	}
@@ -145,9 +162,20 @@ func Run(ctx context.Context, o Options) error {
 	var wg sync.WaitGroup
 	defer func() { cancel(); wg.Wait() }()
 	wg.Go(func() { certs.Run(ctx) })
-	queue, err := OpenQueue(ctx, db, o.MaxQueueBytes)
+	queueKey, err := sealbox.LoadOrCreate(filepath.Join(o.DataDir, QueueKeyFile))
+	if err != nil {
+		return fmt.Errorf("queue key: %w", err)
+	}
+	queue, err := OpenQueue(ctx, db, queueKey, o.MaxQueueBytes, log)
 	if err != nil {
 		return err
+	}
+	quarantined, err := queue.Quarantined(ctx)
+	if err != nil {
+		return err
+	}
+	if quarantined > 0 {
+		log.Warn("uplink: messages that did not open are kept in edge_quarantine, not exported", "quarantined", quarantined)
 	}
 
 	var cloud *s3.Client
@@ -174,7 +202,7 @@ func Run(ctx context.Context, o Options) error {
 	caps.MaximumPacketSize = 256 << 10
 	server := mqtt.New(&mqtt.Options{Capabilities: caps, Logger: slog.New(quietPackets{log.Handler()}).With("component", "mqtt")})
 	wake := make(chan struct{}, 1)
-	if err := server.AddHook(&policyHook{server: server, ipcID: ipcListenerID, log: log, denied: newOnceSet(4096)}, nil); err != nil {
+	if err := server.AddHook(&policyHook{server: server, ipcID: ipcListenerID, log: log, denied: newOnceSet(4096), guard: guard}, nil); err != nil {
 		return err
 	}
 	if err := server.AddHook(&uplinkHook{queue: queue, log: log, wake: wake}, nil); err != nil {
@@ -185,7 +213,8 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w (choose another --listen)", o.Listen, err)
 	}
-	tlsCfg := tlsconf.Server(o.Profile, certs.GetCertificate, tlsconf.ServerOptions{NextProtos: []string{"mqtt"}, ClientCAs: devices})
+	tlsCfg := withVerifyConnection(tlsconf.Server(o.Profile, certs.GetCertificate, tlsconf.ServerOptions{NextProtos: []string{"mqtt"}, ClientCAs: devices}),
+		guard.verifyConnection)
 	if err := server.AddListener(listeners.NewNet("mqtts", tls.NewListener(connectDeadline{tcp}, tlsCfg))); err != nil {
 		tcp.Close()
 		return err
@@ -213,6 +242,7 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	defer server.Close()
+	wg.Go(func() { guard.run(ctx, server, ipcListenerID, cmp.Or(o.RevocationPoll, time.Second)) })
 
 	if o.Bucket != "" {
 		exp := &Exporter{Queue: queue, S3: cloud, Bucket: o.Bucket, Prefix: o.Prefix, Core: id.Name,

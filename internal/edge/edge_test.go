@@ -220,7 +220,7 @@ func TestQueueDurable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	q, err := OpenQueue(ctx, db, 1<<20)
+	q, err := OpenQueue(ctx, db, testBox(t), 1<<20, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -244,7 +244,7 @@ func TestQueueDurable(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	q, err = OpenQueue(ctx, db, 1<<20)
+	q, err = OpenQueue(ctx, db, testBox(t), 1<<20, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -288,7 +288,7 @@ func TestQueueFull(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	q, err := OpenQueue(ctx, db, 100)
+	q, err := OpenQueue(ctx, db, testBox(t), 100, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -318,7 +318,7 @@ func TestUplinkHookRefusesWhenFull(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	q, err := OpenQueue(ctx, db, 64)
+	q, err := OpenQueue(ctx, db, testBox(t), 64, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -114,12 +114,14 @@ func loadCA(dir string) (*pki.CA, error) {
 type DeviceFiles struct {
 	Cert, Key, CA string
 	NotAfter      time.Time
+	Serial        string // hexadecimal, as in the device register
 }
 
 // AddDevice issues a client certificate with CN=name from the device CA of
 // the core in dir, and writes outDir/NAME.crt, NAME.key (0600) and ca.crt
-// (the broker CA, which the device uses to verify the broker). It refuses to
-// overwrite an existing key.
+// (the broker CA, which the device uses to verify the broker), and records
+// the certificate's serial in the device register (revoke.go). It refuses
+// to overwrite an existing key.
 func AddDevice(dir, name, outDir string, lifetime time.Duration) (DeviceFiles, error) {
 	var f DeviceFiles
 	if !ValidDeviceName(name) {
@@ -151,7 +153,12 @@ func AddDevice(dir, name, outDir string, lifetime time.Duration) (DeviceFiles, e
 	if err != nil {
 		return f, err
 	}
-	f.NotAfter = c.Leaf.NotAfter
+	f.NotAfter, f.Serial = c.Leaf.NotAfter, serialHex(c.Leaf.SerialNumber)
+	// Registered before the files exist: a certificate nobody can use yet
+	// is never one the broker does not know.
+	if err := recordIssued(dir, name, c.Leaf); err != nil {
+		return f, fmt.Errorf("record the certificate in the device register: %w", err)
+	}
 	keyAndChain, err := pki.EncodeCertificate(c)
 	if err != nil {
 		return f, err
@@ -171,13 +178,14 @@ func AddDevice(dir, name, outDir string, lifetime time.Duration) (DeviceFiles, e
 	return f, nil
 }
 
-// deviceCAPool is the pool the broker verifies device certificates with.
-func deviceCAPool(dir string) (*x509.CertPool, error) {
+// deviceCAPool is the pool the broker verifies device certificates with,
+// and the DER of its one root.
+func deviceCAPool(dir string) (*x509.CertPool, []byte, error) {
 	ca, err := loadCA(deviceCADir(dir))
 	if err != nil {
-		return nil, fmt.Errorf("device CA (run `convoy edge init`?): %w", err)
+		return nil, nil, fmt.Errorf("device CA (run `convoy edge init`?): %w", err)
 	}
-	return ca.Pool(), nil
+	return ca.Pool(), ca.Chain[len(ca.Chain)-1], nil
 }
 
 func splitPEM(data []byte) (key, certs []byte) {

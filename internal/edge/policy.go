@@ -51,14 +51,16 @@ var errIdentity = errors.New("client ID does not match the certificate")
 
 // policyHook is the broker's authentication and authorization: the TLS
 // handshake has already verified the device's certificate against the
-// device CA (tls.RequireAndVerifyClientCert); this hook binds the MQTT
-// client ID to the certificate's CN and applies the device policy.
+// device CA (tls.RequireAndVerifyClientCert) and the device register
+// (revoke.go); this hook binds the MQTT client ID to the certificate's CN,
+// checks the register again and applies the device policy.
 type policyHook struct {
 	mqtt.HookBase
 	server *mqtt.Server
 	ipcID  string // listener ID of the IPC socket
 	log    *slog.Logger
 	denied *onceSet
+	guard  *revocationGuard
 }
 
 func (h *policyHook) ID() string { return "convoy-edge-policy" }
@@ -89,7 +91,13 @@ func (h *policyHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		return nil
 	}
 	cn := peerCN(cl)
-	if err := checkClientID(cn, cl.ID); err != nil {
+	err := checkClientID(cn, cl.ID)
+	if err == nil && h.guard != nil {
+		// The handshake checked too; this catches a revocation that came
+		// between the handshake and CONNECT.
+		err = h.guard.check(peerChains(cl))
+	}
+	if err != nil {
 		h.log.Warn("device refused", "remote", cl.Net.Remote, "client_id", cl.ID, "cert_cn", cn, "reason", err)
 		code := packets.ErrNotAuthorized
 		if cl.Properties.ProtocolVersion < 5 {

@@ -30,7 +30,8 @@ import (
 // component on the IPC socket, and a real cloud convoy that receives the
 // telemetry in S3 — while online, and after the cloud was down and the
 // edge was killed with SIGKILL in between. tshark watches the device and
-// cloud ports for the canaries.
+// cloud ports for the canaries, and the canaries queued while the cloud is
+// down are in no file of the edge's data directory.
 func TestEdgeEndToEnd(t *testing.T) {
 	pub := harness.Tool(t, "mosquitto_pub")
 	sub := harness.Tool(t, "mosquitto_sub")
@@ -215,7 +216,12 @@ func TestEdgeEndToEnd(t *testing.T) {
 	offline := canaries("EDGE-CANARY-OFF", stamp, m)
 	publish(t, pub, device("d1"), offline)
 	waitFor(t, 10*time.Second, "a failed upload", func() bool { return strings.Contains(edge.logs.String(), "upload failed") })
+	// At rest: the queued canaries are in no file of the data directory
+	// (edge.db, its WAL and -shm included), neither while the edge runs
+	// nor after kill -9.
+	checkAtRest(t, data, offline)
 	edge.kill()
+	checkAtRest(t, data, offline)
 	edge = startEdge(t, bin, data, edgeArgs)
 	// What was acknowledged survived kill -9, before the cloud is back.
 	if !strings.Contains(edge.logs.String(), fmt.Sprintf("queued_messages=%d ", m)) {
@@ -226,6 +232,37 @@ func TestEdgeEndToEnd(t *testing.T) {
 		want[c] = true
 	}
 	waitExported(t, cloud.S3(t), want)
+}
+
+// checkAtRest reads every file under dir and fails if one holds a canary
+// (or the telemetry topic); it insists on having read edge.db and its WAL.
+func checkAtRest(t *testing.T, dir string, canaries []string) {
+	t.Helper()
+	read := map[string]bool{}
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		read[filepath.Base(p)] = len(b) > 0
+		for _, c := range append(canaries, "devices/d1/telemetry/temp") {
+			if bytes.Contains(b, []byte(c)) {
+				t.Errorf("%s holds %q in plaintext", p, c)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"edge.db", "edge.db-wal"} {
+		if !read[f] {
+			t.Fatalf("%s is missing or empty under %s: the check proves nothing", f, dir)
+		}
+	}
 }
 
 func canaries(prefix string, stamp int64, n int) []string {
