@@ -4,9 +4,11 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -52,9 +54,46 @@ type Channel struct {
 			S3DataDistributionType string `json:",omitempty"`
 		} `json:",omitempty"`
 	}
-	ContentType     string `json:",omitempty"`
-	CompressionType string `json:",omitempty"`
-	InputMode       string `json:",omitempty"`
+	ContentType       string         `json:",omitempty"`
+	CompressionType   string         `json:",omitempty"`
+	RecordWrapperType string         `json:",omitempty"`
+	InputMode         string         `json:",omitempty"`
+	ShuffleConfig     *ShuffleConfig `json:",omitempty"`
+}
+
+// ShuffleConfig asks for the channel's objects in a different order each
+// epoch, decided by Seed.
+type ShuffleConfig struct {
+	Seed *int64
+}
+
+// Input modes (TrainingInputMode, Channel.InputMode).
+const (
+	FileMode     = "File"
+	PipeMode     = "Pipe"
+	FastFileMode = "FastFile"
+)
+
+// inputMode is the channel's input mode: its own, or the job's.
+func inputMode(a *AlgorithmSpecification, c Channel) string {
+	if c.InputMode != "" {
+		return c.InputMode
+	}
+	return a.TrainingInputMode
+}
+
+// seed is the channel's ShuffleConfig.Seed, nil without one.
+func (c Channel) seed() *int64 {
+	if c.ShuffleConfig == nil {
+		return nil
+	}
+	return c.ShuffleConfig.Seed
+}
+
+// sharded tells whether each host gets its own part of the channel's
+// objects (S3DataDistributionType ShardedByS3Key).
+func (c Channel) sharded() bool {
+	return c.DataSource.S3DataSource != nil && c.DataSource.S3DataSource.S3DataDistributionType == "ShardedByS3Key"
 }
 
 // OutputDataConfig says where the model goes and under which key.
@@ -110,8 +149,8 @@ func (r *CreateTrainingJobRequest) validate() error {
 	if a == nil || a.TrainingImage == "" {
 		return validation("AlgorithmSpecification.TrainingImage is required (convoy does not provide built-in algorithms)")
 	}
-	if a.TrainingInputMode != "File" {
-		return validation("TrainingInputMode %q is not supported; convoy supports File", a.TrainingInputMode)
+	if !slices.Contains(inputModes, a.TrainingInputMode) {
+		return enumError(a.TrainingInputMode, "algorithmSpecification.trainingInputMode", inputModes)
 	}
 	if r.OutputDataConfig == nil || !s3URIRE.MatchString(r.OutputDataConfig.S3OutputPath) {
 		return validation("OutputDataConfig.S3OutputPath must be an s3://bucket/prefix URI")
@@ -133,7 +172,7 @@ func (r *CreateTrainingJobRequest) validate() error {
 		return validation("HyperParameters may have at most 100 entries")
 	}
 	seen := map[string]bool{}
-	for _, c := range r.InputDataConfig {
+	for i, c := range r.InputDataConfig {
 		if !channelRE.MatchString(c.ChannelName) {
 			return validation("channel name %q must match [A-Za-z0-9.\\-_]{1,64}", c.ChannelName)
 		}
@@ -151,8 +190,50 @@ func (r *CreateTrainingJobRequest) validate() error {
 		if !s3URIRE.MatchString(src.S3Uri) {
 			return validation("channel %q: S3Uri %q is not an s3://bucket/prefix URI", c.ChannelName, src.S3Uri)
 		}
-		if c.InputMode != "" && c.InputMode != "File" {
-			return validation("channel %q: InputMode %q is not supported; convoy supports File", c.ChannelName, c.InputMode)
+		if err := c.validate(a, i); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+var inputModes = []string{PipeMode, FileMode, FastFileMode}
+
+// enumError is SageMaker's message for a value outside an enum.
+func enumError(v, at string, set []string) error {
+	if v == "" {
+		return validation("1 validation error detected: Value null at '%s' failed to satisfy constraint: Member must not be null", at)
+	}
+	return validation("1 validation error detected: Value '%s' at '%s' failed to satisfy constraint: Member must satisfy enum value set: [%s]", v, at, strings.Join(set, ", "))
+}
+
+// validate checks the channel's input mode and what depends on it: the
+// channel is the i-th of InputDataConfig. Compression and RecordIO
+// wrapping happen while streaming, so only Pipe mode has them, as on
+// SageMaker.
+func (c Channel) validate(a *AlgorithmSpecification, i int) error {
+	at := func(field string) string { return fmt.Sprintf("inputDataConfig.%d.member.%s", i+1, field) }
+	if c.InputMode != "" && !slices.Contains(inputModes, c.InputMode) {
+		return enumError(c.InputMode, at("inputMode"), inputModes)
+	}
+	if d := c.DataSource.S3DataSource.S3DataDistributionType; d != "" && d != "FullyReplicated" && d != "ShardedByS3Key" {
+		return enumError(d, at("dataSource.s3DataSource.s3DataDistributionType"), []string{"FullyReplicated", "ShardedByS3Key"})
+	}
+	if c.CompressionType != "" && c.CompressionType != "None" && c.CompressionType != "Gzip" {
+		return enumError(c.CompressionType, at("compressionType"), []string{"None", "Gzip"})
+	}
+	if c.RecordWrapperType != "" && c.RecordWrapperType != "None" && c.RecordWrapperType != "RecordIO" {
+		return enumError(c.RecordWrapperType, at("recordWrapperType"), []string{"None", "RecordIO"})
+	}
+	if c.ShuffleConfig != nil && c.ShuffleConfig.Seed == nil {
+		return enumError("", at("shuffleConfig.seed"), nil)
+	}
+	if mode := inputMode(a, c); mode != PipeMode {
+		if c.CompressionType == "Gzip" {
+			return validation("Invalid compression type for channel %s: %s mode only supports NONE, got Gzip instead", c.ChannelName, mode)
+		}
+		if c.RecordWrapperType == "RecordIO" {
+			return validation("Invalid record wrapper type for channel %s: %s mode only supports NONE, got RecordIO instead", c.ChannelName, mode)
 		}
 	}
 	return nil

@@ -96,7 +96,8 @@ func withCredentials(e *envBuilder, uri string) {
 
 // LocalRunner runs training jobs on this machine with an executor, under the
 // SageMaker training container contract: input channels staged from S3 into
-// /opt/ml/input/data/<channel>, the job's configuration in
+// /opt/ml/input/data/<channel> (File and FastFile mode) or streamed into
+// FIFOs /opt/ml/input/data/<channel>_<epoch> (Pipe mode, pipe.go), the job's configuration in
 // /opt/ml/input/config, the image run with the argument "train", and
 // /opt/ml/model uploaded as model.tar.gz when every host exits 0.
 //
@@ -187,21 +188,14 @@ const (
 	uploadTimeout = time.Hour
 )
 
-// Validate refuses a job whose image is not in the store or whose input the
-// runner cannot stage.
+// Validate refuses a job whose image is not in the store or whose hosts
+// cannot be connected as it asks. Every input mode, compression and record
+// wrapping that the request's validation lets through can be served.
 func (r *LocalRunner) Validate(_ context.Context, req *CreateTrainingJobRequest) error {
 	if _, err := r.Images.Resolve(req.AlgorithmSpecification.TrainingImage); err != nil {
 		return validation("TrainingImage %q cannot be used: %v", req.AlgorithmSpecification.TrainingImage, err)
 	}
-	if err := r.validateMesh(req.EnableInterContainerTrafficEncryption, req.ResourceConfig.InstanceCount); err != nil {
-		return err
-	}
-	for _, c := range req.InputDataConfig {
-		if c.CompressionType != "" && c.CompressionType != "None" {
-			return validation("channel %q: CompressionType %s is not supported by this convoy yet", c.ChannelName, c.CompressionType)
-		}
-	}
-	return nil
+	return r.validateMesh(req.EnableInterContainerTrafficEncryption, req.ResourceConfig.InstanceCount)
 }
 
 // jobDirsToRemove are what a job's directory holds besides its logs and
@@ -321,6 +315,9 @@ type jobRun struct {
 	// credsURI is the containers' registration at the credentials
 	// endpoint; "" for a network-isolated job.
 	credsURI string
+	uid, gid uint32 // the image user
+	// pipes stream the Pipe-mode channels, one per channel and host.
+	pipes []*pipeChannel
 }
 
 func failed(format string, args ...any) Outcome {
@@ -366,6 +363,7 @@ func (r *LocalRunner) Run(ctx context.Context, job *Job, report Reporter) (out O
 	if err != nil {
 		return failed("ClientError: training image %s: %v", img.Ref, err)
 	}
+	j.uid, j.gid = uid, gid
 
 	// convoy's own credentials for the job last all of it: staging,
 	// training, upload. The containers fetch theirs from the credentials
@@ -415,6 +413,9 @@ func (r *LocalRunner) Run(ctx context.Context, job *Job, report Reporter) (out O
 	}
 
 	report("Training", "Training image download completed. Training in progress.")
+	// A Pipe-mode stream that fails stops the job with a jobFailure.
+	ctx, failJob := context.WithCancelCause(ctx)
+	defer failJob(nil)
 	spec := executor.JobSpec{
 		ID: j.id, Hosts: len(j.hosts), RootFS: rootfs,
 		Args: containerArgs(req.AlgorithmSpecification, img.Config), Env: j.containerEnv(img.Config),
@@ -446,7 +447,10 @@ func (r *LocalRunner) Run(ctx context.Context, job *Job, report Reporter) (out O
 		}
 	}()
 
+	stopPipes := j.streamPipes(ctx, failJob)
+	defer stopPipes()
 	results, stopped := j.wait(ctx, ex)
+	stopPipes()
 	revokeCreds() // the containers have exited; the upload is convoy's
 	var end Outcome
 	switch {
@@ -497,6 +501,20 @@ func (j *jobRun) stoppedBeforeTraining(ctx context.Context) Outcome {
 
 func (j *jobRun) hostDir(host string) string { return filepath.Join(j.work, "hosts", host) }
 
+// dataDir is a host's /opt/ml/input/data: its Pipe-mode FIFOs, and the
+// mount points of its File-mode channels.
+func (j *jobRun) dataDir(host string) string { return filepath.Join(j.hostDir(host), "data") }
+
+// channelDir is where a File or FastFile channel is staged for a host: one
+// directory that every host mounts, or one per host when the channel is
+// sharded over several.
+func (j *jobRun) channelDir(c Channel, host string) string {
+	if c.sharded() && len(j.hosts) > 1 {
+		return filepath.Join(j.work, "input", "shards", host, c.ChannelName)
+	}
+	return filepath.Join(j.work, "input", "data", c.ChannelName)
+}
+
 // prepareDirs makes the shared input and, per host, config, model and
 // output directories; what the containers write belongs to the image user.
 func (j *jobRun) prepareDirs(uid, gid uint32) error {
@@ -507,8 +525,16 @@ func (j *jobRun) prepareDirs(uid, gid uint32) error {
 		}
 	}
 	for _, c := range req.InputDataConfig {
-		if err := os.MkdirAll(filepath.Join(j.work, "input", "data", c.ChannelName), 0o700); err != nil {
-			return err
+		if inputMode(req.AlgorithmSpecification, c) == PipeMode {
+			continue
+		}
+		for _, h := range j.hosts {
+			// Each host mounts the staged channel over its mount point.
+			for _, d := range []string{j.channelDir(c, h), filepath.Join(j.dataDir(h), c.ChannelName)} {
+				if err := os.MkdirAll(d, 0o700); err != nil {
+					return err
+				}
+			}
 		}
 	}
 	hps := map[string]string{}
@@ -517,7 +543,10 @@ func (j *jobRun) prepareDirs(uid, gid uint32) error {
 	}
 	dataConfig := map[string]any{}
 	for _, c := range req.InputDataConfig {
-		m := map[string]string{"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"}
+		m := map[string]string{"TrainingInputMode": inputMode(req.AlgorithmSpecification, c), "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"}
+		if c.RecordWrapperType != "" {
+			m["RecordWrapperType"] = c.RecordWrapperType
+		}
 		if c.ContentType != "" {
 			m["ContentType"] = c.ContentType
 		}
@@ -529,7 +558,7 @@ func (j *jobRun) prepareDirs(uid, gid uint32) error {
 	instanceType := req.ResourceConfig.InstanceType
 	for _, h := range j.hosts {
 		hd := j.hostDir(h)
-		for _, d := range []string{"config", "model", "output", filepath.Join("output", "data")} {
+		for _, d := range []string{"config", "data", "model", "output", filepath.Join("output", "data")} {
 			if err := os.MkdirAll(filepath.Join(hd, d), 0o700); err != nil {
 				return err
 			}
@@ -559,27 +588,47 @@ func (j *jobRun) prepareDirs(uid, gid uint32) error {
 			}
 		}
 	}
-	if uid != 0 || gid != 0 {
-		// The image user reads what root staged: everything under input.
-		return filepath.WalkDir(filepath.Join(j.work, "input"), func(p string, _ fs.DirEntry, err error) error {
+	if uid == 0 && gid == 0 {
+		return nil
+	}
+	// The image user reads what root staged: everything under input, and
+	// the hosts' data directories (the FIFOs get the user as they are made).
+	dirs := []string{filepath.Join(j.work, "input")}
+	for _, h := range j.hosts {
+		dirs = append(dirs, j.dataDir(h))
+	}
+	for _, d := range dirs {
+		err := filepath.WalkDir(d, func(p string, _ fs.DirEntry, err error) error {
 			if err != nil {
 				return err
 			}
 			return os.Lchown(p, int(uid), int(gid))
 		})
+		if err != nil {
+			return err
+		}
 	}
 	return nil
 }
 
-// mounts are a host's /opt/ml directories.
+// mounts are a host's /opt/ml directories. Its /opt/ml/input/data is its
+// own, so that its Pipe-mode FIFOs are; the File-mode channels are mounted
+// inside it (the executor mounts parents first).
 func (j *jobRun) mounts(host string) []executor.Mount {
 	hd := j.hostDir(host)
-	return []executor.Mount{
+	ms := []executor.Mount{
 		{Source: filepath.Join(hd, "config"), Destination: "/opt/ml/input/config", ReadOnly: true},
-		{Source: filepath.Join(j.work, "input", "data"), Destination: "/opt/ml/input/data", ReadOnly: true},
-		{Source: filepath.Join(hd, "model"), Destination: "/opt/ml/model"},
-		{Source: filepath.Join(hd, "output"), Destination: "/opt/ml/output"},
+		{Source: j.dataDir(host), Destination: "/opt/ml/input/data", ReadOnly: true},
 	}
+	for _, c := range j.job.Request.InputDataConfig {
+		if inputMode(j.job.Request.AlgorithmSpecification, c) != PipeMode {
+			ms = append(ms, executor.Mount{Source: j.channelDir(c, host), Destination: "/opt/ml/input/data/" + c.ChannelName, ReadOnly: true})
+		}
+	}
+	return append(ms,
+		executor.Mount{Source: filepath.Join(hd, "model"), Destination: "/opt/ml/model"},
+		executor.Mount{Source: filepath.Join(hd, "output"), Destination: "/opt/ml/output"},
+	)
 }
 
 // containerArgs is what SageMaker runs: ContainerEntrypoint and
@@ -798,29 +847,52 @@ func s3Error(err error) string {
 	return err.Error()
 }
 
-// stage downloads every object under each channel's S3 prefix.
+// stage lists each channel's objects and downloads those of File and
+// FastFile channels (FastFile is staged like File: convoy does not stream
+// files on demand). A Pipe channel is not downloaded: its FIFOs are made,
+// and streamPipes streams it while the job runs.
 func (j *jobRun) stage(ctx context.Context) (Outcome, bool) {
-	role := j.job.Role.ARN
 	for _, c := range j.job.Request.InputDataConfig {
 		objs, o, ok := j.channelObjects(ctx, c)
 		if !ok {
 			return o, false
 		}
-		root, err := os.OpenRoot(filepath.Join(j.work, "input", "data", c.ChannelName))
-		if err != nil {
-			return failed("InternalServerError: %v", err), false
+		if inputMode(j.job.Request.AlgorithmSpecification, c) == PipeMode {
+			if err := j.addPipes(c, objs); err != nil {
+				return failed("InternalServerError: Pipe mode input of channel %s: %v", c.ChannelName, err), false
+			}
+			j.log.Info("channel ready to stream", "channel", c.ChannelName, "objects", len(objs))
+			continue
 		}
-		for _, obj := range objs {
-			if err := j.download(ctx, root, obj.bucket, obj.key, obj.rel); err != nil {
-				root.Close()
-				if ctx.Err() != nil {
-					return j.stoppedBeforeTraining(ctx), false
-				}
-				return failed("ClientError: Data download failed: s3://%s/%s for channel %s with role %s: %s", obj.bucket, obj.key, c.ChannelName, role, s3Error(err)), false
+		// One copy for all hosts, or each host its shard.
+		hosts := 1
+		if c.sharded() {
+			hosts = len(j.hosts)
+		}
+		for i, h := range j.hosts[:hosts] {
+			if o, ok := j.stageObjects(ctx, c, epochObjects(objs, c.seed(), 0, i, hosts), j.channelDir(c, h)); !ok {
+				return o, false
 			}
 		}
-		root.Close()
-		j.log.Info("channel staged", "channel", c.ChannelName, "objects", len(objs))
+		j.log.Info("channel staged", "channel", c.ChannelName, "objects", len(objs), "shards", hosts)
+	}
+	return Outcome{}, true
+}
+
+// stageObjects downloads objects into dir.
+func (j *jobRun) stageObjects(ctx context.Context, c Channel, objs []stagedObject, dir string) (Outcome, bool) {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return failed("InternalServerError: %v", err), false
+	}
+	defer root.Close()
+	for _, obj := range objs {
+		if err := j.download(ctx, root, obj.bucket, obj.key, obj.rel); err != nil {
+			if ctx.Err() != nil {
+				return j.stoppedBeforeTraining(ctx), false
+			}
+			return failed("ClientError: Data download failed: s3://%s/%s for channel %s with role %s: %s", obj.bucket, obj.key, c.ChannelName, j.job.Role.ARN, s3Error(err)), false
+		}
 	}
 	return Outcome{}, true
 }

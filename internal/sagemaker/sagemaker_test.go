@@ -140,9 +140,26 @@ func TestValidation(t *testing.T) {
 		{"bad role", func(j map[string]any) { j["RoleArn"] = "role" }, "ValidationException", "roleArn"},
 		{"missing role", func(j map[string]any) { j["RoleArn"] = "arn:aws:iam::" + e.ids.AccountID() + ":role/none" }, "ValidationException", "Could not assume role"},
 		{"no image", func(j map[string]any) { j["AlgorithmSpecification"] = map[string]any{"TrainingInputMode": "File"} }, "ValidationException", "TrainingImage"},
-		{"pipe mode", func(j map[string]any) {
-			j["AlgorithmSpecification"] = map[string]any{"TrainingImage": "x", "TrainingInputMode": "Pipe"}
-		}, "ValidationException", "Pipe"},
+		{"unknown mode", func(j map[string]any) {
+			j["AlgorithmSpecification"] = map[string]any{"TrainingImage": "x", "TrainingInputMode": "Stream"}
+		}, "ValidationException", "Value 'Stream' at 'algorithmSpecification.trainingInputMode' failed to satisfy constraint: Member must satisfy enum value set: [Pipe, File, FastFile]"},
+		{"unknown channel mode", func(j map[string]any) { channel(j)["InputMode"] = "pipe" }, "ValidationException", "inputDataConfig.1.member.inputMode"},
+		{"gzip in file mode", func(j map[string]any) { channel(j)["CompressionType"] = "Gzip" }, "ValidationException",
+			"Invalid compression type for channel train: File mode only supports NONE, got Gzip instead"},
+		{"gzip in fastfile mode", func(j map[string]any) { channel(j)["CompressionType"] = "Gzip"; channel(j)["InputMode"] = "FastFile" }, "ValidationException",
+			"FastFile mode only supports NONE"},
+		{"gzip in a file channel of a pipe job", func(j map[string]any) {
+			j["AlgorithmSpecification"].(map[string]any)["TrainingInputMode"] = "Pipe"
+			channel(j)["InputMode"] = "File"
+			channel(j)["CompressionType"] = "Gzip"
+		}, "ValidationException", "File mode only supports NONE"},
+		{"recordio in file mode", func(j map[string]any) { channel(j)["RecordWrapperType"] = "RecordIO" }, "ValidationException",
+			"Invalid record wrapper type for channel train: File mode only supports NONE, got RecordIO instead"},
+		{"unknown compression", func(j map[string]any) { channel(j)["CompressionType"] = "Zstd"; channel(j)["InputMode"] = "Pipe" }, "ValidationException", "[None, Gzip]"},
+		{"unknown distribution", func(j map[string]any) {
+			channel(j)["DataSource"] = map[string]any{"S3DataSource": map[string]any{"S3DataType": "S3Prefix", "S3Uri": "s3://data/train/", "S3DataDistributionType": "Sharded"}}
+		}, "ValidationException", "[FullyReplicated, ShardedByS3Key]"},
+		{"shuffle without seed", func(j map[string]any) { channel(j)["ShuffleConfig"] = map[string]any{} }, "ValidationException", "shuffleConfig.seed"},
 		{"zero hosts", func(j map[string]any) { j["ResourceConfig"].(map[string]any)["InstanceCount"] = 0 }, "ValidationException", "InstanceCount"},
 		{"1000 hosts", func(j map[string]any) { j["ResourceConfig"].(map[string]any)["InstanceCount"] = 1000 }, "ValidationException", "InstanceCount"},
 		{"bad output", func(j map[string]any) { j["OutputDataConfig"] = map[string]any{"S3OutputPath": "http://x"} }, "ValidationException", "S3OutputPath"},
@@ -160,6 +177,39 @@ func TestValidation(t *testing.T) {
 	e.db.QueryRow(`SELECT COUNT(*) FROM sm_training_jobs`).Scan(&n)
 	if n != 0 {
 		t.Fatalf("invalid requests created %d jobs", n)
+	}
+}
+
+// channel is a job's first channel.
+func channel(j map[string]any) map[string]any {
+	return j["InputDataConfig"].([]any)[0].(map[string]any)
+}
+
+// Pipe and FastFile jobs are accepted, and DescribeTrainingJob returns
+// their channels as given.
+func TestInputModesAccepted(t *testing.T) {
+	e := newEnv(t)
+	close(e.runner.hold)
+	pipe := e.job("pipe", func(j map[string]any) {
+		j["AlgorithmSpecification"].(map[string]any)["TrainingInputMode"] = "Pipe"
+		c := channel(j)
+		c["CompressionType"], c["RecordWrapperType"] = "Gzip", "RecordIO"
+		c["ShuffleConfig"] = map[string]any{"Seed": 42}
+		c["DataSource"].(map[string]any)["S3DataSource"].(map[string]any)["S3DataDistributionType"] = "ShardedByS3Key"
+		j["InputDataConfig"] = append(j["InputDataConfig"].([]any), map[string]any{"ChannelName": "fast", "InputMode": "FastFile",
+			"DataSource": map[string]any{"S3DataSource": map[string]any{"S3DataType": "S3Prefix", "S3Uri": "s3://data/fast/"}}})
+	})
+	if status, out := e.call("CreateTrainingJob", pipe, e.admin); status != 200 {
+		t.Fatalf("Pipe job refused: %d %v", status, out)
+	}
+	_, d := e.call("DescribeTrainingJob", map[string]string{"TrainingJobName": "pipe"}, e.admin)
+	got, _ := json.Marshal(d["InputDataConfig"])
+	want, _ := json.Marshal(pipe["InputDataConfig"])
+	if string(got) != string(want) {
+		t.Fatalf("InputDataConfig\n got %s\nwant %s", got, want)
+	}
+	if m := d["AlgorithmSpecification"].(map[string]any)["TrainingInputMode"]; m != "Pipe" {
+		t.Fatalf("TrainingInputMode %v", m)
 	}
 }
 

@@ -88,43 +88,16 @@ func TestTrainingJobsEndToEnd(t *testing.T) {
 		{"Effect":"Allow","Action":["kms:GenerateDataKey","kms:Decrypt"],"Resource":%q}]}`, key)
 	awsJSON(t, c, cli, []string{"iam", "put-role-policy", "--role-name", "trainer", "--policy-name", "data", "--policy-document", policy})
 
-	create := func(job map[string]any) {
-		t.Helper()
-		file := writeFile(t, filepath.Join(t.TempDir(), "job.json"), mustJSON(job))
-		out := awsJSON(t, c, cli, []string{"sagemaker", "create-training-job", "--cli-input-json", "file://" + file})
-		if !strings.HasSuffix(str(out, "TrainingJobArn"), ":training-job/"+strings.ToLower(job["TrainingJobName"].(string))) {
-			t.Fatalf("create-training-job: %v", out)
-		}
-	}
+	create := func(job map[string]any) { t.Helper(); createTrainingJob(t, c, cli, job) }
 	describe := func(name string) map[string]any {
 		return awsJSON(t, c, cli, []string{"sagemaker", "describe-training-job", "--training-job-name", name})
 	}
 	waitFor := func(name string, done func(map[string]any) bool) map[string]any {
 		t.Helper()
-		deadline := time.Now().Add(2 * time.Minute)
-		for {
-			d := describe(name)
-			if done(d) {
-				return d
-			}
-			if s := str(d, "TrainingJobStatus"); s != "InProgress" && s != "Stopping" {
-				return d
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("job %s did not end within 2 minutes: %v", name, d)
-			}
-			time.Sleep(500 * time.Millisecond)
-		}
+		return waitTrainingJob(t, c, cli, name, done)
 	}
 	ended := func(map[string]any) bool { return false }
-	model := func(t *testing.T, uri string) map[string]string {
-		t.Helper()
-		local := filepath.Join(t.TempDir(), "model.tar.gz")
-		if r := c.AWS(t, cli, []string{"s3", "cp", uri, local}); r.Err != nil {
-			t.Fatalf("s3 cp %s: %v\n%s", uri, r.Err, r.Stderr)
-		}
-		return untar(t, local)
-	}
+	model := func(t *testing.T, uri string) map[string]string { t.Helper(); return modelFiles(t, c, cli, uri) }
 
 	started := time.Now()
 	hp := map[string]string{"mode": "train", "probe_allowed": "s3://input/train/a.csv", "probe_denied": "s3://secret/s", "lr": "0.1"}
@@ -416,6 +389,47 @@ func TestTrainingJobsEndToEnd(t *testing.T) {
 	if !slices.Equal(names, []string{"logs"}) {
 		t.Errorf("job directory holds %v, want only logs", names)
 	}
+}
+
+// createTrainingJob creates a training job with the aws CLI.
+func createTrainingJob(t *testing.T, c *harness.Convoy, cli string, job map[string]any) {
+	t.Helper()
+	file := writeFile(t, filepath.Join(t.TempDir(), "job.json"), mustJSON(job))
+	out := awsJSON(t, c, cli, []string{"sagemaker", "create-training-job", "--cli-input-json", "file://" + file})
+	if !strings.HasSuffix(str(out, "TrainingJobArn"), ":training-job/"+strings.ToLower(job["TrainingJobName"].(string))) {
+		t.Fatalf("create-training-job: %v", out)
+	}
+}
+
+// waitTrainingJob describes a job until done says so or the job has ended
+// (done may always say false), for at most 2 minutes.
+func waitTrainingJob(t *testing.T, c *harness.Convoy, cli, name string, done func(map[string]any) bool) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		d := awsJSON(t, c, cli, []string{"sagemaker", "describe-training-job", "--training-job-name", name})
+		if done(d) {
+			return d
+		}
+		if s := str(d, "TrainingJobStatus"); s != "InProgress" && s != "Stopping" {
+			return d
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job %s did not end within 2 minutes: %v", name, d)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// modelFiles downloads a model.tar.gz (or output.tar.gz) and returns its
+// regular files.
+func modelFiles(t *testing.T, c *harness.Convoy, cli, uri string) map[string]string {
+	t.Helper()
+	local := filepath.Join(t.TempDir(), "model.tar.gz")
+	if r := c.AWS(t, cli, []string{"s3", "cp", uri, local}); r.Err != nil {
+		t.Fatalf("s3 cp %s: %v\n%s", uri, r.Err, r.Stderr)
+	}
+	return untar(t, local)
 }
 
 // grepData lists the files under dir, except under skip (mounts of

@@ -15,6 +15,8 @@
 //	          connect to that endpoint and to the credentials endpoint, and
 //	          note which credential variables the environment holds
 //	canary    the hosts exchange a known string over TCP and UDP (canary.go)
+//	pipe_check  read every Pipe channel's epochs 0 and 1 and digest every
+//	          File channel into model.txt (pipe.go)
 //
 // Run with the argument "serve" it is an inference container (serve.go).
 //
@@ -133,6 +135,8 @@ func main() {
 		fmt.Fprintf(&model, "credential variables:%s\n", credentialVars())
 	case "canary":
 		canary(rc.CurrentHost, hps)
+	case "pipe_check":
+		pipeCheck(dc)
 	default:
 		fail("unknown mode " + hps["mode"])
 	}
