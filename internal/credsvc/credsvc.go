@@ -5,7 +5,8 @@
 // it fetches short-lived credentials from http://169.254.170.2<uri>, and
 // fetches new ones before they expire. Nothing long-lived sits in the
 // container's environment (/proc/<pid>/environ) or outlives the job: the
-// runner revokes the URI when the job ends.
+// runner revokes the URI when the job ends, and with it every credential
+// the URI handed out (sts.Service.RevokeCredentials).
 //
 // Written by hand: the protocol's server side — one GET answering one JSON
 // object — exists only inside the ECS agent; the SDKs carry clients only.
@@ -36,6 +37,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -57,9 +59,11 @@ const (
 )
 
 // Minter mints temporary credentials for a role on behalf of the service
-// that runs the job (sts.Service does).
+// that runs the job, and revokes them before their expiry (sts.Service
+// does).
 type Minter interface {
 	RoleCredentials(role iam.Role, session string, d time.Duration) (akid, secret, token string, exp time.Time)
+	RevokeCredentials(akid string, exp time.Time)
 }
 
 // Server hands out container credentials. Create it with New.
@@ -91,6 +95,14 @@ type entry struct {
 	// last is the answer given last, handed out again while more than a
 	// third of its lifetime remains (see ServeHTTP); nil before the first.
 	last *answer
+	// minted is every answer's credentials, revoked with the registration.
+	minted []minted
+}
+
+// minted is one set of credentials an entry handed out.
+type minted struct {
+	akid string
+	exp  time.Time
 }
 
 // answer is minted credentials and when they expire.
@@ -157,7 +169,9 @@ func (s *Server) Close(ctx context.Context) error {
 
 // Register lets whoever holds the returned URI fetch credentials of role,
 // under the role session name session, until until (zero: until revoked).
-// revoke ends that at once; it may be called more than once.
+// revoke ends that at once, and revokes every credential the URI handed
+// out (Minter.RevokeCredentials), so that none outlives the job; it may be
+// called more than once.
 func (s *Server) Register(role iam.Role, session string, until time.Time) (relativeURI string, revoke func()) {
 	b := make([]byte, 32)
 	rand.Read(b) // never fails (crypto/rand)
@@ -174,8 +188,12 @@ func (s *Server) Register(role iam.Role, session string, until time.Time) (relat
 	s.mu.Unlock()
 	return Prefix + id, func() {
 		s.mu.Lock()
+		e := s.entries[key]
 		delete(s.entries, key)
 		s.mu.Unlock()
+		for _, m := range e.minted {
+			s.minter.RevokeCredentials(m.akid, m.exp)
+		}
 	}
 }
 
@@ -213,6 +231,8 @@ func (s *Server) credentials(id string, now time.Time) (*answer, bool) {
 		Expiration: exp.UTC().Format("2006-01-02T15:04:05Z"), RoleArn: e.role.ARN,
 	})
 	e.last = &answer{body: body, exp: exp, life: d}
+	e.minted = slices.DeleteFunc(e.minted, func(m minted) bool { return !m.exp.After(now) })
+	e.minted = append(e.minted, minted{akid, exp})
 	s.entries[key] = e
 	return e.last, true
 }

@@ -138,9 +138,25 @@ func TestRealSTS(t *testing.T) {
 		t.Errorf("second answer's key %q, want the first's %q", second["AccessKeyId"], fields["AccessKeyId"])
 	}
 
+	// Another registration of the same role is not touched by this one's
+	// revocation.
+	other, revokeOther := s.Register(role, "job-2", time.Now().Add(3*time.Hour))
+	defer revokeOther()
+	_, _, ob := get(t, http.MethodGet, base+other)
+	var otherFields map[string]string
+	json.Unmarshal(ob, &otherFields)
+
 	revoke()
 	if code, _, _ := get(t, http.MethodGet, base+uri); code != http.StatusNotFound {
 		t.Errorf("after revoke: %d", code)
+	}
+	// What the URI handed out dies with it: a copy taken out of the
+	// container no longer authenticates, though it has not expired.
+	if _, _, err := tokens.Lookup(ctx, fields["AccessKeyId"], fields["Token"]); err != sts.ErrInvalidToken {
+		t.Errorf("credentials of a revoked registration: Lookup error %v, want ErrInvalidToken", err)
+	}
+	if _, _, err := tokens.Lookup(ctx, otherFields["AccessKeyId"], otherFields["Token"]); err != nil {
+		t.Errorf("credentials of another, live registration: %v", err)
 	}
 }
 
@@ -157,6 +173,8 @@ func (f *fakeMinter) RoleCredentials(role iam.Role, session string, d time.Durat
 	f.asked = append(f.asked, d)
 	return "ASIAFAKE", "secret", "token-" + session, f.now().Add(d)
 }
+
+func (f *fakeMinter) RevokeCredentials(string, time.Time) {}
 
 func (f *fakeMinter) last() time.Duration {
 	f.mu.Lock()

@@ -18,6 +18,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"convoy/internal/awsproto"
@@ -45,11 +46,16 @@ type Service struct {
 	// minutes). Tests lower it to watch credentials expire.
 	MinDuration time.Duration
 	now         func() time.Time
+
+	// revoked holds temporary access key IDs revoked before their expiry
+	// (RevokeCredentials), each until it would have expired anyway.
+	revokedMu sync.RWMutex
+	revoked   map[string]time.Time
 }
 
 // New returns the STS service.
 func New(store *iam.Store, box *sealbox.Box, log *slog.Logger) *Service {
-	return &Service{iam: store, box: box, log: log, MinDuration: 15 * time.Minute, now: time.Now}
+	return &Service{iam: store, box: box, log: log, MinDuration: 15 * time.Minute, now: time.Now, revoked: map[string]time.Time{}}
 }
 
 // claims is what a session token carries.
@@ -110,6 +116,9 @@ func (s *Service) Lookup(ctx context.Context, accessKeyID, token string) (string
 	}
 	if s.now().Unix() >= c.Expires {
 		return "", nil, ErrExpiredToken
+	}
+	if s.isRevoked(accessKeyID) {
+		return "", nil, ErrInvalidToken
 	}
 	p := &iam.Principal{
 		AccountID: s.iam.AccountID(), UserID: c.UserID, Kind: c.Kind, Name: c.Name, AccessKeyID: accessKeyID,
@@ -285,6 +294,37 @@ func namesPrincipal(trust *policy.Document, req policy.Request, p *iam.Principal
 		}
 	}
 	return false
+}
+
+// RevokeCredentials ends temporary credentials minted by RoleCredentials
+// before their expiry exp: the service that holds them (the container
+// credentials endpoint) revokes what it handed to a job when the job ends,
+// so credentials a container copied out die with the job rather than up
+// to an hour later. The list lives in memory: after a restart of convoy,
+// credentials revoked before it are valid again until their expiry (at
+// most credsvc's one-hour lifetime), while the jobs they belonged to are
+// gone.
+func (s *Service) RevokeCredentials(accessKeyID string, exp time.Time) {
+	now := s.now()
+	if !exp.After(now) {
+		return
+	}
+	s.revokedMu.Lock()
+	defer s.revokedMu.Unlock()
+	for k, until := range s.revoked { // those expired by now
+		if !until.After(now) {
+			delete(s.revoked, k)
+		}
+	}
+	s.revoked[accessKeyID] = exp
+	s.log.Info("temporary credentials revoked", "access_key_id", accessKeyID, "expires", exp)
+}
+
+func (s *Service) isRevoked(accessKeyID string) bool {
+	s.revokedMu.RLock()
+	defer s.revokedMu.RUnlock()
+	_, ok := s.revoked[accessKeyID]
+	return ok
 }
 
 // RoleCredentials mints temporary credentials for role on behalf of an AWS
