@@ -3,6 +3,7 @@ package edge
 import (
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -48,6 +49,10 @@ func telemetryTopic(topic string) (device string, ok bool) {
 
 // errIdentity refuses a connection whose client ID is not its certificate's CN.
 var errIdentity = errors.New("client ID does not match the certificate")
+
+// errWillTopic refuses a CONNECT whose will (last will and testament)
+// names a topic the device may not publish on.
+var errWillTopic = errors.New("will topic outside the device policy")
 
 // policyHook is the broker's authentication and authorization: the TLS
 // handshake has already verified the device's certificate against the
@@ -96,6 +101,12 @@ func (h *policyHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		// The handshake checked too; this catches a revocation that came
 		// between the handshake and CONNECT.
 		err = h.guard.check(peerChains(cl))
+	}
+	if err == nil && pk.Connect.WillFlag && !DeviceMayPublish(cn, pk.Connect.WillTopic) {
+		// The broker publishes a will without an ACL check (mochi's
+		// sendLWT), so its topic is held to the device policy here, once,
+		// before the broker accepts it.
+		err = fmt.Errorf("%w: %q", errWillTopic, pk.Connect.WillTopic)
 	}
 	if err != nil {
 		h.log.Warn("device refused", "remote", cl.Net.Remote, "client_id", cl.ID, "cert_cn", cn, "reason", err)
