@@ -315,7 +315,10 @@ func (s *Service) createTrainingJob(r *http.Request, p *iam.Principal, body []by
 	if req.OutputDataConfig.KmsKeyId != "" {
 		cond["sagemaker:OutputKmsKey"] = []string{req.OutputDataConfig.KmsKeyId}
 	}
-	if err := s.iam.Authorize(ctx, p, "sagemaker:CreateTrainingJob", arn, cond); err != nil {
+	if err := s.iam.Authorize(ctx, p, "sagemaker:CreateTrainingJob", arn, tagConditions(cond, req.Tags)); err != nil {
+		return nil, err
+	}
+	if err := s.authorizeCreateTags(ctx, p, arn, req.Tags); err != nil {
 		return nil, err
 	}
 	role, err := s.iam.AuthorizePassRole(ctx, p, req.RoleArn, "sagemaker.amazonaws.com")

@@ -139,7 +139,10 @@ func (s *Service) createEndpointConfig(r *http.Request, p *iam.Principal, body [
 	if req.KmsKeyId != "" {
 		cond["sagemaker:VolumeKmsKey"] = []string{req.KmsKeyId}
 	}
-	if err := s.iam.Authorize(ctx, p, "sagemaker:CreateEndpointConfig", arn, cond); err != nil {
+	if err := s.iam.Authorize(ctx, p, "sagemaker:CreateEndpointConfig", arn, tagConditions(cond, req.Tags)); err != nil {
+		return nil, err
+	}
+	if err := s.authorizeCreateTags(ctx, p, arn, req.Tags); err != nil {
 		return nil, err
 	}
 	for _, v := range req.ProductionVariants {

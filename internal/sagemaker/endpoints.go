@@ -532,7 +532,10 @@ func (s *Service) createEndpoint(r *http.Request, p *iam.Principal, body []byte)
 	}
 	ctx := r.Context()
 	arn := s.endpointARN(req.EndpointName)
-	if err := s.iam.Authorize(ctx, p, "sagemaker:CreateEndpoint", arn, nil); err != nil {
+	if err := s.iam.Authorize(ctx, p, "sagemaker:CreateEndpoint", arn, tagConditions(nil, req.Tags)); err != nil {
+		return nil, err
+	}
+	if err := s.authorizeCreateTags(ctx, p, arn, req.Tags); err != nil {
 		return nil, err
 	}
 	if err := s.iam.Authorize(ctx, p, "sagemaker:CreateEndpoint", s.endpointConfigARN(req.EndpointConfigName), nil); err != nil {

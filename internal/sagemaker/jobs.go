@@ -51,6 +51,11 @@ var migrations = []string{
 		PRIMARY KEY (arn, key)
 	);`,
 	processingMigration,
+	// Job names are unique regardless of case, as on SageMaker: their ARNs,
+	// tags and runner directories are lower-cased, so "Job" beside "job"
+	// would share them.
+	`CREATE UNIQUE INDEX sm_training_jobs_name_nocase ON sm_training_jobs(name COLLATE NOCASE);
+	CREATE UNIQUE INDEX sm_processing_jobs_name_nocase ON sm_processing_jobs(name COLLATE NOCASE);`,
 }
 
 // Training job statuses (TrainingJobStatus).

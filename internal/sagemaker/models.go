@@ -145,7 +145,10 @@ func (s *Service) createModel(r *http.Request, p *iam.Principal, body []byte) (a
 	ctx := r.Context()
 	arn := s.modelARN(req.ModelName)
 	cond := map[string][]string{"sagemaker:NetworkIsolation": {strconv.FormatBool(req.EnableNetworkIsolation)}}
-	if err := s.iam.Authorize(ctx, p, "sagemaker:CreateModel", arn, cond); err != nil {
+	if err := s.iam.Authorize(ctx, p, "sagemaker:CreateModel", arn, tagConditions(cond, req.Tags)); err != nil {
+		return nil, err
+	}
+	if err := s.authorizeCreateTags(ctx, p, arn, req.Tags); err != nil {
 		return nil, err
 	}
 	if req.ExecutionRoleArn != "" {

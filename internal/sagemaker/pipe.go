@@ -104,14 +104,16 @@ func (p *pipeChannel) failed(err error) {
 }
 
 // openFIFO opens a FIFO for writing once a reader has opened it, or fails
-// when ctx ends. A blocking open could not be abandoned; a non-blocking one
+// when ctx ends. It follows no symbolic link and refuses anything but a
+// FIFO (the directory is convoy's and the container mounts it read-only;
+// this is defence in depth). A blocking open could not be abandoned; a non-blocking one
 // fails with ENXIO until there is a reader. The file is returned in
 // non-blocking mode, so the runtime's poller runs its writes and a write
 // deadline interrupts them.
 func openFIFO(ctx context.Context, path string) (*os.File, error) {
 	wait := 5 * time.Millisecond
 	for {
-		fd, err := unix.Open(path, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+		fd, err := unix.Open(path, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
 		if err == nil {
 			var st unix.Stat_t
 			if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO {

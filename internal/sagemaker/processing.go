@@ -349,7 +349,10 @@ func (s *Service) createProcessingJob(r *http.Request, p *iam.Principal, body []
 	if oc := req.ProcessingOutputConfig; oc != nil && oc.KmsKeyId != "" {
 		cond["sagemaker:OutputKmsKey"] = []string{oc.KmsKeyId}
 	}
-	if err := s.iam.Authorize(ctx, p, "sagemaker:CreateProcessingJob", arn, cond); err != nil {
+	if err := s.iam.Authorize(ctx, p, "sagemaker:CreateProcessingJob", arn, tagConditions(cond, req.Tags)); err != nil {
+		return nil, err
+	}
+	if err := s.authorizeCreateTags(ctx, p, arn, req.Tags); err != nil {
 		return nil, err
 	}
 	role, err := s.iam.AuthorizePassRole(ctx, p, req.RoleArn, "sagemaker.amazonaws.com")

@@ -1,6 +1,7 @@
 package sagemaker
 
 import (
+	"context"
 	"database/sql"
 	"encoding/base64"
 	"net/http"
@@ -10,6 +11,36 @@ import (
 )
 
 const maxTags = 50
+
+// tagConditions adds the condition keys of a request that sets tags,
+// aws:RequestTag/<key> and aws:TagKeys, to cond (which may be nil).
+func tagConditions(cond map[string][]string, tags []Tag) map[string][]string {
+	if len(tags) == 0 {
+		return cond
+	}
+	out := make(map[string][]string, len(cond)+len(tags)+1)
+	for k, v := range cond {
+		out[k] = v
+	}
+	keys := make([]string, 0, len(tags))
+	for _, t := range tags {
+		keys = append(keys, t.Key)
+		out["aws:RequestTag/"+t.Key] = []string{t.Value}
+	}
+	out["aws:TagKeys"] = keys
+	return out
+}
+
+// authorizeCreateTags checks, for a Create* request that carries tags,
+// that p may also tag the new resource: AWS requires sagemaker:AddTags for
+// tags given at creation, so a principal denied AddTags cannot tag
+// through Create*.
+func (s *Service) authorizeCreateTags(ctx context.Context, p *iam.Principal, arn string, tags []Tag) error {
+	if len(tags) == 0 {
+		return nil
+	}
+	return s.iam.Authorize(ctx, p, "sagemaker:AddTags", arn, tagConditions(nil, tags))
+}
 
 // taggable checks that arn names a resource of this service that exists.
 func (s *Service) taggable(r *http.Request, arn string) error {
@@ -33,7 +64,7 @@ func (s *Service) addTags(r *http.Request, p *iam.Principal, body []byte) (any, 
 	if err := decode(body, &req); err != nil {
 		return nil, err
 	}
-	if err := s.iam.Authorize(r.Context(), p, "sagemaker:AddTags", req.ResourceArn, nil); err != nil {
+	if err := s.iam.Authorize(r.Context(), p, "sagemaker:AddTags", req.ResourceArn, tagConditions(nil, req.Tags)); err != nil {
 		return nil, err
 	}
 	if err := s.taggable(r, req.ResourceArn); err != nil {
@@ -121,7 +152,11 @@ func (s *Service) deleteTags(r *http.Request, p *iam.Principal, body []byte) (an
 	if err := decode(body, &req); err != nil {
 		return nil, err
 	}
-	if err := s.iam.Authorize(r.Context(), p, "sagemaker:DeleteTags", req.ResourceArn, nil); err != nil {
+	var cond map[string][]string
+	if len(req.TagKeys) > 0 {
+		cond = map[string][]string{"aws:TagKeys": req.TagKeys}
+	}
+	if err := s.iam.Authorize(r.Context(), p, "sagemaker:DeleteTags", req.ResourceArn, cond); err != nil {
 		return nil, err
 	}
 	if err := s.taggable(r, req.ResourceArn); err != nil {
