@@ -77,11 +77,17 @@ type userEntry struct {
 	user User
 }
 
+type roleEntry struct {
+	gen  int64
+	role Role
+}
+
 type caches struct {
 	mu    sync.Mutex
 	keys  map[string]keyEntry
 	docs  map[string]docsEntry
 	users map[string]userEntry
+	roles map[string]roleEntry
 }
 
 // LookupAccessKey returns the secret and user of an active long-term key.
@@ -120,27 +126,59 @@ func (s *Store) LookupAccessKey(ctx context.Context, id string) (secret, user st
 var ErrUnknownKey = errors.New("unknown or inactive access key")
 
 // UserPrincipal builds the principal of a user signing with a long-term key.
-// The user is cached like keys and policies (dropped on any IAM write): it is
-// looked up on every request.
 func (s *Store) UserPrincipal(ctx context.Context, user, accessKeyID string) (*Principal, error) {
-	gen := s.gen.Load()
-	s.cache.mu.Lock()
-	e, ok := s.cache.users[user]
-	s.cache.mu.Unlock()
-	u := e.user
-	if !ok || e.gen != gen {
-		var err error
-		if u, err = s.GetUser(ctx, user); err != nil {
-			return nil, err
-		}
-		s.cache.mu.Lock()
-		if len(s.cache.users) > 10000 {
-			clear(s.cache.users)
-		}
-		s.cache.users[user] = userEntry{gen: gen, user: u}
-		s.cache.mu.Unlock()
+	u, err := s.CachedUser(ctx, user)
+	if err != nil {
+		return nil, err
 	}
 	return &Principal{ARN: u.ARN, AccountID: s.accountID, UserID: u.ID, Kind: KindUser, Name: u.Name, AccessKeyID: accessKeyID}, nil
+}
+
+// CachedUser is GetUser through a cache that any IAM write drops, like
+// keys and policies: a user is looked up on every request it signs, and
+// on every request of its STS sessions.
+func (s *Store) CachedUser(ctx context.Context, name string) (User, error) {
+	gen := s.gen.Load()
+	s.cache.mu.Lock()
+	e, ok := s.cache.users[name]
+	s.cache.mu.Unlock()
+	if ok && e.gen == gen {
+		return e.user, nil
+	}
+	u, err := s.GetUser(ctx, name)
+	if err != nil {
+		return User{}, err
+	}
+	s.cache.mu.Lock()
+	if len(s.cache.users) > 10000 {
+		clear(s.cache.users)
+	}
+	s.cache.users[name] = userEntry{gen: gen, user: u}
+	s.cache.mu.Unlock()
+	return u, nil
+}
+
+// CachedRole is GetRole through the same cache: a role is looked up on
+// every request of its sessions (sts.Service.Lookup).
+func (s *Store) CachedRole(ctx context.Context, name string) (Role, error) {
+	gen := s.gen.Load()
+	s.cache.mu.Lock()
+	e, ok := s.cache.roles[name]
+	s.cache.mu.Unlock()
+	if ok && e.gen == gen {
+		return e.role, nil
+	}
+	r, err := s.GetRole(ctx, name)
+	if err != nil {
+		return Role{}, err
+	}
+	s.cache.mu.Lock()
+	if len(s.cache.roles) > 10000 {
+		clear(s.cache.roles)
+	}
+	s.cache.roles[name] = roleEntry{gen: gen, role: r}
+	s.cache.mu.Unlock()
+	return r, nil
 }
 
 func (s *Store) documents(ctx context.Context, kind, owner string) ([]*policy.Document, error) {

@@ -130,13 +130,13 @@ func (s *Service) Lookup(ctx context.Context, accessKeyID, token string) (string
 	// so a session of a deleted role or user must not come back to life
 	// as whatever is created later under the same name.
 	if c.Kind == iam.KindAssumedRole {
-		r, err := s.iam.GetRole(ctx, c.Name)
+		r, err := s.iam.CachedRole(ctx, c.Name)
 		if err != nil || r.ID+":"+c.Session != c.UserID {
 			return "", nil, ErrInvalidToken // the role was deleted (and perhaps created again)
 		}
 		p.ARN = fmt.Sprintf("arn:aws:sts::%s:assumed-role/%s/%s", p.AccountID, c.Name, c.Session)
 	} else {
-		u, err := s.iam.GetUser(ctx, c.Name)
+		u, err := s.iam.CachedUser(ctx, c.Name)
 		if err != nil || u.ID != c.UserID {
 			return "", nil, ErrInvalidToken // the user was deleted (and perhaps created again)
 		}
