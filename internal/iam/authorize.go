@@ -72,22 +72,18 @@ type docsEntry struct {
 	docs []*policy.Document
 }
 
-type userEntry struct {
-	gen  int64
-	user User
-}
-
-type roleEntry struct {
-	gen  int64
-	role Role
+// genEntry is a cached value and the IAM generation it was read at.
+type genEntry[T any] struct {
+	gen int64
+	v   T
 }
 
 type caches struct {
 	mu    sync.Mutex
 	keys  map[string]keyEntry
 	docs  map[string]docsEntry
-	users map[string]userEntry
-	roles map[string]roleEntry
+	users map[string]genEntry[User]
+	roles map[string]genEntry[Role]
 }
 
 // LookupAccessKey returns the secret and user of an active long-term key.
@@ -138,47 +134,36 @@ func (s *Store) UserPrincipal(ctx context.Context, user, accessKeyID string) (*P
 // keys and policies: a user is looked up on every request it signs, and
 // on every request of its STS sessions.
 func (s *Store) CachedUser(ctx context.Context, name string) (User, error) {
-	gen := s.gen.Load()
-	s.cache.mu.Lock()
-	e, ok := s.cache.users[name]
-	s.cache.mu.Unlock()
-	if ok && e.gen == gen {
-		return e.user, nil
-	}
-	u, err := s.GetUser(ctx, name)
-	if err != nil {
-		return User{}, err
-	}
-	s.cache.mu.Lock()
-	if len(s.cache.users) > 10000 {
-		clear(s.cache.users)
-	}
-	s.cache.users[name] = userEntry{gen: gen, user: u}
-	s.cache.mu.Unlock()
-	return u, nil
+	return cached(s, s.cache.users, name, func() (User, error) { return s.GetUser(ctx, name) })
 }
 
 // CachedRole is GetRole through the same cache: a role is looked up on
 // every request of its sessions (sts.Service.Lookup).
 func (s *Store) CachedRole(ctx context.Context, name string) (Role, error) {
+	return cached(s, s.cache.roles, name, func() (Role, error) { return s.GetRole(ctx, name) })
+}
+
+// cached returns m's entry for name if no IAM write happened since it was
+// stored, else load's answer, which it stores. A full map is emptied.
+func cached[T any](s *Store, m map[string]genEntry[T], name string, load func() (T, error)) (T, error) {
 	gen := s.gen.Load()
 	s.cache.mu.Lock()
-	e, ok := s.cache.roles[name]
+	e, ok := m[name]
 	s.cache.mu.Unlock()
 	if ok && e.gen == gen {
-		return e.role, nil
+		return e.v, nil
 	}
-	r, err := s.GetRole(ctx, name)
+	v, err := load()
 	if err != nil {
-		return Role{}, err
+		return v, err
 	}
 	s.cache.mu.Lock()
-	if len(s.cache.roles) > 10000 {
-		clear(s.cache.roles)
+	if len(m) > 10000 {
+		clear(m)
 	}
-	s.cache.roles[name] = roleEntry{gen: gen, role: r}
+	m[name] = genEntry[T]{gen: gen, v: v}
 	s.cache.mu.Unlock()
-	return r, nil
+	return v, nil
 }
 
 func (s *Store) documents(ctx context.Context, kind, owner string) ([]*policy.Document, error) {

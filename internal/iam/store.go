@@ -91,7 +91,7 @@ func Open(ctx context.Context, db *state.DB, box *sealbox.Box) (*Store, error) {
 	if err := db.Migrate(ctx, "iam", migrations); err != nil {
 		return nil, err
 	}
-	s := &Store{db: db, box: box, cache: caches{keys: map[string]keyEntry{}, docs: map[string]docsEntry{}, users: map[string]userEntry{}, roles: map[string]roleEntry{}}}
+	s := &Store{db: db, box: box, cache: caches{keys: map[string]keyEntry{}, docs: map[string]docsEntry{}, users: map[string]genEntry[User]{}, roles: map[string]genEntry[Role]{}}}
 	err := db.Tx(ctx, func(tx *sql.Tx) error {
 		err := tx.QueryRowContext(ctx, `SELECT account_id FROM iam_account`).Scan(&s.accountID)
 		if !errors.Is(err, sql.ErrNoRows) {
