@@ -424,7 +424,11 @@ func (im *importer) copyBlob(name string, want v1.Hash, size int64, uncompress b
 			return 0, false, fmt.Errorf("decompress: %w", err)
 		}
 		defer u.Close()
-		r = u
+		budget, err := diskBudget(im.s.tmpDir())
+		if err != nil {
+			return 0, false, err
+		}
+		r = &budgetReader{r: u, left: budget}
 	} else if size >= 0 && n != size {
 		return 0, false, fmt.Errorf("blob %s: size mismatch: the file has %d bytes, the manifest says %d", want, n, size)
 	}

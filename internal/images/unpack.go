@@ -149,7 +149,11 @@ func (s *Store) Unpack(ctx context.Context, img Image, dir string) (err error) {
 		}
 	}()
 
-	u := &unpacker{root: root, asRoot: os.Geteuid() == 0, dirs: map[string]*tar.Header{}}
+	budget, err := diskBudget(dir)
+	if err != nil {
+		return err
+	}
+	u := &unpacker{root: root, asRoot: os.Geteuid() == 0, dirs: map[string]*tar.Header{}, left: budget}
 	for i, l := range m.Layers {
 		if err := s.unpackLayer(ctx, u, l, cfg.RootFS.DiffIDs[i]); err != nil {
 			return fmt.Errorf("unpack %s layer %d (%s): %w", img.Ref, i+1, l.Digest, err)
@@ -241,6 +245,10 @@ type unpacker struct {
 	// after the last layer, deepest first, so that a read-only directory
 	// does not stop a later entry from being written into it.
 	dirs map[string]*tar.Header
+	// left is how many bytes of file content may still be written
+	// (diskBudget): a layer of a few bytes can declare a file of a
+	// terabyte (a sparse entry, whose holes tar reads as zeros).
+	left int64
 }
 
 func (u *unpacker) apply(ctx context.Context, r io.Reader) error {
@@ -424,6 +432,51 @@ func (u *unpacker) entry(hdr *tar.Header, name string, r io.Reader) error {
 	}
 }
 
+// MaxExpandedSize bounds what an image may take on disk once unpacked (its
+// files' sizes), and what a layer may decompress to at import: more than
+// the largest ML images (CUDA frameworks are 15–25 GB), far less than a
+// crafted layer of a few bytes can declare. diskBudget also keeps
+// freeReserve of the disk free.
+var MaxExpandedSize int64 = 64 << 30
+
+const freeReserve = 1 << 30
+
+var errTooLarge = errors.New("would take the image past its disk budget: the lesser of images.MaxExpandedSize (64 GiB) and the free space of the data directory's disk less 1 GiB; refusing the image (a crafted layer?) — free disk space if it is legitimate")
+
+// diskBudget is how many bytes may be written under dir: MaxExpandedSize,
+// or less when the disk has less free space (less freeReserve).
+func diskBudget(dir string) (int64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, fmt.Errorf("free space of %s: %w", dir, err)
+	}
+	free := int64(st.Bavail)*int64(st.Bsize) - freeReserve
+	return max(0, min(MaxExpandedSize, free)), nil
+}
+
+// budgetReader fails, rather than cuts short, a stream longer than left
+// bytes.
+type budgetReader struct {
+	r    io.Reader
+	left int64
+}
+
+func (b *budgetReader) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		var one [1]byte
+		if n, err := b.r.Read(one[:]); n == 0 {
+			return 0, err
+		}
+		return 0, errTooLarge
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.r.Read(p)
+	b.left -= int64(n)
+	return n, err
+}
+
 // forget drops the pending metadata of p and everything beneath it, which is being removed.
 func (u *unpacker) forget(p string) {
 	delete(u.dirs, p)
@@ -435,12 +488,16 @@ func (u *unpacker) forget(p string) {
 }
 
 func (u *unpacker) file(hdr *tar.Header, name string, r io.Reader) error {
+	if hdr.Size > u.left {
+		return fmt.Errorf("%s (%d bytes) %w", name, hdr.Size, errTooLarge)
+	}
+	u.left -= hdr.Size
 	f, err := u.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	if _, err := io.Copy(f, r); err != nil {
+	if _, err := io.Copy(f, io.LimitReader(r, hdr.Size)); err != nil {
 		return err
 	}
 	if u.asRoot {

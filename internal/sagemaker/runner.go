@@ -802,11 +802,17 @@ func lookupIn(rootfs, file, name string) ([]uint32, bool, error) {
 		return nil, false, err
 	}
 	defer root.Close()
-	f, err := root.Open(filepath.Join("etc", file))
+	// Non-blocking, and only a regular file: the image controls what
+	// /etc/passwd is, and opening a FIFO for reading would wait for a
+	// writer forever, hanging the job's start beyond any context.
+	f, err := root.OpenFile(filepath.Join("etc", file), os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, false, err
 	}
 	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return nil, false, fmt.Errorf("/etc/%s of the image is not a regular file", file)
+	}
 	sc := bufio.NewScanner(io.LimitReader(f, 16<<20))
 	for sc.Scan() {
 		// passwd: name:x:uid:gid:…   group: name:x:gid:…
