@@ -1175,6 +1175,10 @@ func tarGz(dir, file string) (int, error) {
 			return err
 		}
 		hdr.Name, hdr.Uid, hdr.Gid, hdr.Uname, hdr.Gname = p, 0, 0, "", ""
+		// Owned by root in the archive, so no set-user-ID, set-group-ID
+		// or sticky bit: a container must not be able to leave a setuid
+		// root program in model.tar.gz for whoever unpacks it.
+		hdr.Mode &^= 0o7000
 		if info.IsDir() {
 			hdr.Name += "/"
 		}

@@ -91,6 +91,34 @@ func TestTarGzDoesNotFollowLinks(t *testing.T) {
 	}
 }
 
+// A setuid program a container leaves in /opt/ml/model is archived without
+// its setuid, setgid and sticky bits (it is root's in the archive).
+func TestTarGzDropsSetuid(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "tool")
+	os.WriteFile(p, []byte("#!/bin/sh\n"), 0o755)
+	if err := os.Chmod(p, 0o755|os.ModeSetuid|os.ModeSetgid|os.ModeSticky); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "m.tar.gz")
+	if _, err := tarGz(dir, out); err != nil {
+		t.Fatal(err)
+	}
+	f, _ := os.Open(out)
+	defer f.Close()
+	gz, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := tar.NewReader(gz).Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Name != "tool" || h.Mode != 0o755 {
+		t.Errorf("%s archived with mode %o, want 755", h.Name, h.Mode)
+	}
+}
+
 func TestValidateUnknownImage(t *testing.T) {
 	store, err := images.Open(t.TempDir())
 	if err != nil {
