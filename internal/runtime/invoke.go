@@ -79,6 +79,15 @@ func visibleASCII(s string, max int) bool {
 	return true
 }
 
+// copyCustomAttributes passes the container's CustomAttributes to the
+// caller when they are what the API allows (at most 1024 visible US-ASCII
+// characters); a container cannot put more into convoy's answer.
+func copyCustomAttributes(to, from http.Header) {
+	if a := from.Get(hdrCustomAttributes); a != "" && visibleASCII(a, 1024) {
+		to.Set(hdrCustomAttributes, a)
+	}
+}
+
 func validationError(format string, args ...any) *awsproto.Error {
 	return awsproto.Errorf(http.StatusBadRequest, "ValidationError", format, args...)
 }
@@ -121,6 +130,10 @@ func (r *Router) invoke(w http.ResponseWriter, req *http.Request) *awsproto.Erro
 	if !visibleASCII(attrs, 1024) {
 		r.metrics.reject("bad_request")
 		return validationError("CustomAttributes must be at most 1024 visible US-ASCII characters")
+	}
+	if tm := req.Header.Get(hdrTargetModel); !visibleASCII(tm, 1024) {
+		r.metrics.reject("bad_request")
+		return validationError("TargetModel must be at most 1024 visible US-ASCII characters")
 	}
 	if id := req.Header.Get(hdrInferenceID); id != "" && !inferenceIDRE.MatchString(id) {
 		r.metrics.reject("bad_request")
@@ -275,9 +288,7 @@ func (r *Router) forward(w http.ResponseWriter, req *http.Request, t *table, v *
 	if ct := resp.Header.Get("Content-Type"); ct != "" {
 		h.Set("Content-Type", ct)
 	}
-	if a := resp.Header.Get(hdrCustomAttributes); a != "" {
-		h.Set(hdrCustomAttributes, a)
-	}
+	copyCustomAttributes(h, resp.Header)
 	h.Set(hdrInvokedVariant, v.name)
 	if resp.ContentLength >= 0 {
 		h.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))

@@ -203,7 +203,11 @@ func TestInvoke(t *testing.T) {
 			io.WriteString(w, "want text/csv")
 		default:
 			w.Header().Set("Content-Type", "application/json")
-			w.Header().Set("X-Amzn-SageMaker-Custom-Attributes", "echo="+req.Header.Get("X-Amzn-SageMaker-Custom-Attributes"))
+			attrs := "echo=" + req.Header.Get("X-Amzn-SageMaker-Custom-Attributes")
+			if req.Header.Get("X-Amzn-SageMaker-Custom-Attributes") == "long" {
+				attrs = strings.Repeat("a", 1025)
+			}
+			w.Header().Set("X-Amzn-SageMaker-Custom-Attributes", attrs)
 			fmt.Fprintf(w, `{"len":%d,"accept":%q,"id":%q,"other":%q}`, len(b), req.Header.Get("Accept"),
 				req.Header.Get("X-Amzn-SageMaker-Inference-Id"), req.Header.Get("X-Other"))
 		}
@@ -225,6 +229,12 @@ func TestInvoke(t *testing.T) {
 	}
 	if ct := w.Header().Get("Content-Type"); ct != "application/json" {
 		t.Errorf("content type %q", ct)
+	}
+	// CustomAttributes over the API's 1024 characters from a container are
+	// not passed back.
+	w = invoke(r, "e1", "1", map[string]string{"Content-Type": "text/csv", "X-Amzn-SageMaker-Custom-Attributes": "long"})
+	if got := w.Header().Get("X-Amzn-SageMaker-Custom-Attributes"); w.Code != 200 || got != "" {
+		t.Errorf("a container's 1025-character CustomAttributes: %d, passed back %d characters", w.Code, len(got))
 	}
 	if got := authz.asked[0]; got != "sagemaker:InvokeEndpoint arn:aws:sagemaker:us-east-1:123456789012:endpoint/e1" {
 		t.Errorf("authorized %q", got)
@@ -251,6 +261,7 @@ func TestInvoke(t *testing.T) {
 		{"bad name", "bad_name", "x", nil, 400, "ValidationError", "at 'endpointName' failed to satisfy constraint"},
 		{"unknown variant", "e1", "x", map[string]string{"X-Amzn-SageMaker-Target-Variant": "nope"}, 400, "ValidationError", "Variant nope not found"},
 		{"attributes", "e1", "x", map[string]string{"X-Amzn-SageMaker-Custom-Attributes": "\x01"}, 400, "ValidationError", "CustomAttributes"},
+		{"target model", "e1", "x", map[string]string{"X-Amzn-SageMaker-Target-Model": strings.Repeat("m", 1025)}, 400, "ValidationError", "TargetModel"},
 		{"access denied", "forbidden", "x", nil, 403, "AccessDeniedException", "not authorized"},
 	} {
 		w := invoke(r, tc.endpoint, tc.body, tc.hdr)
@@ -259,8 +270,8 @@ func TestInvoke(t *testing.T) {
 			t.Errorf("%s: %d %v, want %d %s %q", tc.name, w.Code, m, tc.status, tc.code, tc.msg)
 		}
 	}
-	if n := model.hits.Load(); n != 2 {
-		t.Errorf("the container saw %d requests, want 2: refused requests must not reach it", n)
+	if n := model.hits.Load(); n != 3 {
+		t.Errorf("the container saw %d requests, want 3: refused requests must not reach it", n)
 	}
 	// The router still serves after all that.
 	if w := invoke(r, "e1", "1", map[string]string{"Content-Type": "text/csv"}); w.Code != 200 {
@@ -276,8 +287,8 @@ func TestInvoke(t *testing.T) {
 	if w.Code != 200 || !strings.HasPrefix(w.Body.String(), `{"len":3,`) {
 		t.Fatalf("buffered body: %d %s", w.Code, w.Body)
 	}
-	if v := counterValue(t, r.metrics.invocations.WithLabelValues("e1", "AllTraffic", "ok")); v != 3 {
-		t.Errorf("ok invocations metric %v, want 2", v)
+	if v := counterValue(t, r.metrics.invocations.WithLabelValues("e1", "AllTraffic", "ok")); v != 4 {
+		t.Errorf("ok invocations metric %v, want 4", v)
 	}
 	if v := counterValue(t, r.metrics.invocations.WithLabelValues("e1", "AllTraffic", "model_error")); v != 1 {
 		t.Errorf("model_error metric %v, want 1", v)
@@ -288,8 +299,8 @@ func TestInvoke(t *testing.T) {
 	}
 	for _, f := range fams {
 		if f.GetName() == "convoy_runtime_invocation_duration_seconds" {
-			if n := f.GetMetric()[0].GetHistogram().GetSampleCount(); len(f.GetMetric()) != 1 || n != 4 {
-				t.Errorf("latency: %d series, %d samples; want 1 series of 4", len(f.GetMetric()), n)
+			if n := f.GetMetric()[0].GetHistogram().GetSampleCount(); len(f.GetMetric()) != 1 || n != 5 {
+				t.Errorf("latency: %d series, %d samples; want 1 series of 5", len(f.GetMetric()), n)
 			}
 		}
 	}

@@ -45,9 +45,7 @@ func (r *Router) writeStream(ctx context.Context, w http.ResponseWriter, resp *h
 	if ct := resp.Header.Get("Content-Type"); ct != "" {
 		h.Set(hdrStreamContentType, ct)
 	}
-	if a := resp.Header.Get(hdrCustomAttributes); a != "" {
-		h.Set(hdrCustomAttributes, a)
-	}
+	copyCustomAttributes(h, resp.Header)
 	h.Set(hdrInvokedVariant, v.name)
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
