@@ -233,8 +233,15 @@ func Run(ctx context.Context, o Options) error {
 	if err := training.ServeEndpoints(ctx, modelHost(runner, endpointsDir, o.EndpointHealthInterval, log), router); err != nil {
 		return err
 	}
+	// Transform jobs run their models as endpoints do, on a host of their
+	// own: their files and logs never meet an endpoint's.
+	transformsDir := mkdir(o.DataDir, "transforms")
+	if host, ok := modelHost(runner, transformsDir, o.EndpointHealthInterval, log).(sagemaker.TransformRunner); ok {
+		training.ServeTransforms(host)
+	}
 	logs := cwlogs.New(ids, ids.AccountID(), o.Region, sagemaker.JobLogDirs(filepath.Join(o.DataDir, "jobs")), log)
 	logs.AddSource(sagemaker.EndpointLogGroupPrefix, sagemaker.EndpointLogs(endpointsDir))
+	logs.AddSource(sagemaker.TransformLogGroup, sagemaker.TransformLogs(transformsDir))
 	srv.Handle("logs", logs)
 	srv.CertificateServed(certs.Leaf())
 	switch c := certs.(type) {

@@ -272,6 +272,14 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		out, err = s.listProcessingJobs(r, p, body)
 	case "StopProcessingJob":
 		out, err = s.stopProcessingJob(r, p, body)
+	case "CreateTransformJob":
+		out, err = s.createTransformJob(r, p, body)
+	case "DescribeTransformJob":
+		out, err = s.describeTransformJob(r, p, body)
+	case "ListTransformJobs":
+		out, err = s.listTransformJobs(r, p, body)
+	case "StopTransformJob":
+		out, err = s.stopTransformJob(r, p, body)
 	default:
 		out, err = s.serveHosting(op, r, p, body)
 	}

@@ -56,6 +56,7 @@ var migrations = []string{
 	// would share them.
 	`CREATE UNIQUE INDEX sm_training_jobs_name_nocase ON sm_training_jobs(name COLLATE NOCASE);
 	CREATE UNIQUE INDEX sm_processing_jobs_name_nocase ON sm_processing_jobs(name COLLATE NOCASE);`,
+	transformMigration,
 }
 
 // Training job statuses (TrainingJobStatus).
@@ -128,6 +129,8 @@ type Service struct {
 	hosting hosting // models, endpoint configurations, endpoints: endpoints.go
 	// requireICE: see RequireInterContainerEncryption (internode.go).
 	requireICE bool
+	// transforms runs transform jobs: see ServeTransforms (transform.go).
+	transforms TransformRunner
 }
 
 // Open migrates the tables and settles jobs a previous run left unfinished.
@@ -157,6 +160,9 @@ func Open(ctx context.Context, db *state.DB, store *iam.Store, region string, ru
 		log.Warn("training job interrupted by a convoy restart, marked Failed", "job", n)
 	}
 	if err := s.settleProcessing(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.settleTransforms(ctx); err != nil {
 		return nil, err
 	}
 	return s, nil

@@ -49,7 +49,8 @@ func (s *Service) taggable(r *http.Request, arn string) error {
 		UNION ALL SELECT 1 FROM sm_processing_jobs WHERE arn = ?
 		UNION ALL SELECT 1 FROM sm_models WHERE arn = ?
 		UNION ALL SELECT 1 FROM sm_endpoint_configs WHERE arn = ?
-		UNION ALL SELECT 1 FROM sm_endpoints WHERE arn = ? LIMIT 1`, arn, arn, arn, arn, arn).Scan(&one)
+		UNION ALL SELECT 1 FROM sm_endpoints WHERE arn = ?
+		UNION ALL SELECT 1 FROM sm_transform_jobs WHERE arn = ? LIMIT 1`, arn, arn, arn, arn, arn, arn).Scan(&one)
 	if isNoRows(err) {
 		return notFound("Requested resource not found: %s", arn)
 	}

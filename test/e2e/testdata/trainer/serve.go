@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync/atomic"
+	"time"
 )
 
 // serve is the inference mode (run with the single argument "serve", the
@@ -25,6 +26,10 @@ import (
 //	echo      the body back as it came (for the benchmark)
 //	exit      exit 3 at once, before serving (a model that cannot load)
 //	unhealthy serve, but answer /ping with 503 (a model still loading)
+//
+// In echo mode, SERVE_FAIL_ON makes a body that contains it get 500 and
+// "poisoned record", and SERVE_DELAY (a Go duration) delays every answer:
+// a batch transform's failing and long-running models.
 func serve() {
 	mode, tag := os.Getenv("SERVE_MODE"), os.Getenv("SERVE_TAG")
 	if mode == "exit" {
@@ -58,6 +63,14 @@ func serve() {
 			return
 		}
 		if mode == "echo" {
+			if d, err := time.ParseDuration(os.Getenv("SERVE_DELAY")); err == nil {
+				time.Sleep(d)
+			}
+			if m := os.Getenv("SERVE_FAIL_ON"); m != "" && strings.Contains(string(body), m) {
+				w.WriteHeader(http.StatusInternalServerError)
+				io.WriteString(w, "poisoned record")
+				return
+			}
 			w.Header().Set("Content-Type", "application/octet-stream")
 			w.Write(body)
 			return
