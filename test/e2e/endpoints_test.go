@@ -55,15 +55,7 @@ func setupEndpoints(t *testing.T) *endpointSetup {
 	t.Cleanup(func() { e.c.Stop() })
 	c, cli := e.c, e.cli
 	ctx := harness.Context(t)
-	imp := exec.Command(harness.Binary(t), "images", "import", "--data", c.DataDir, trainerImage(t), "trainer:1")
-	if out, err := imp.CombinedOutput(); err != nil {
-		t.Fatalf("images import: %v\n%s", err, out)
-	}
-	for _, b := range []string{"input", "output"} {
-		if r := c.AWS(t, cli, []string{"s3", "mb", "s3://" + b}); r.Err != nil {
-			t.Fatalf("s3 mb %s: %v\n%s", b, r.Err, r.Stderr)
-		}
-	}
+	jobsReady(t, c, cli, "input", "output")
 	if _, err := c.S3(t).PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String("input"), Key: aws.String("train/a.csv"), Body: strings.NewReader("1,2,3\n")}); err != nil {
 		t.Fatal(err)
 	}

@@ -42,15 +42,7 @@ func TestInternodeEncryptionEndToEnd(t *testing.T) {
 	c := harness.Start(t, harness.Options{Args: []string{"--training-stop-grace", "5s"}})
 	ctx := harness.Context(t)
 
-	imp := exec.Command(harness.Binary(t), "images", "import", "--data", c.DataDir, trainerImage(t), "trainer:1")
-	if out, err := imp.CombinedOutput(); err != nil {
-		t.Fatalf("images import: %v\n%s", err, out)
-	}
-	for _, b := range []string{"input", "output"} {
-		if r := c.AWS(t, cli, []string{"s3", "mb", "s3://" + b}); r.Err != nil {
-			t.Fatalf("s3 mb %s: %v\n%s", b, r.Err, r.Stderr)
-		}
-	}
+	jobsReady(t, c, cli, "input", "output")
 	for _, k := range []string{"train/a.csv", "raw/a.csv"} {
 		if _, err := c.S3(t).PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String("input"), Key: aws.String(k),
 			Body: strings.NewReader("1,2,3\n")}); err != nil {

@@ -7,7 +7,6 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
-	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -29,15 +28,7 @@ func TestTrainingPipeMode(t *testing.T) {
 	cli := harness.Tool(t, "aws")
 	c := harness.Start(t, harness.Options{Args: []string{"--training-stop-grace", "5s"}})
 	ctx := harness.Context(t)
-	imp := exec.Command(harness.Binary(t), "images", "import", "--data", c.DataDir, trainerImage(t), "trainer:1")
-	if out, err := imp.CombinedOutput(); err != nil {
-		t.Fatalf("images import: %v\n%s", err, out)
-	}
-	for _, b := range []string{"input", "output"} {
-		if r := c.AWS(t, cli, []string{"s3", "mb", "s3://" + b}); r.Err != nil {
-			t.Fatalf("s3 mb %s: %v\n%s", b, r.Err, r.Stderr)
-		}
-	}
+	jobsReady(t, c, cli, "input", "output")
 	const canary = "CANARY-pipe-4f1c9a"
 	gz := func(s string) string {
 		var b bytes.Buffer

@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -43,15 +42,7 @@ func TestProcessingJob(t *testing.T) {
 	c := harness.Start(t, harness.Options{Args: []string{"--training-stop-grace", "5s"}})
 	ctx := harness.Context(t)
 
-	imp := exec.Command(harness.Binary(t), "images", "import", "--data", c.DataDir, trainerImage(t), "trainer:1")
-	if out, err := imp.CombinedOutput(); err != nil {
-		t.Fatalf("images import: %v\n%s", err, out)
-	}
-	for _, b := range []string{"input", "output"} {
-		if r := c.AWS(t, cli, []string{"s3", "mb", "s3://" + b}); r.Err != nil {
-			t.Fatalf("s3 mb %s: %v\n%s", b, r.Err, r.Stderr)
-		}
-	}
+	jobsReady(t, c, cli, "input", "output")
 	admin := c.S3(t)
 	data := map[string]string{"raw/a.csv": "1,2,3\n", "raw/sub/b.csv": "4,5,6\n", "other/c.csv": "not staged\n"}
 	for k, v := range data {

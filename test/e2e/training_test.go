@@ -33,6 +33,21 @@ func trainerImage(t *testing.T) string {
 	return harness.GoImage(t, "./testdata/trainer", "trainer")
 }
 
+// jobsReady imports the trainer image into c as trainer:1 and makes the
+// buckets: how every test of jobs and endpoints begins.
+func jobsReady(t *testing.T, c *harness.Convoy, cli string, buckets ...string) {
+	t.Helper()
+	imp := exec.Command(harness.Binary(t), "images", "import", "--data", c.DataDir, trainerImage(t), "trainer:1")
+	if out, err := imp.CombinedOutput(); err != nil {
+		t.Fatalf("images import: %v\n%s", err, out)
+	}
+	for _, b := range buckets {
+		if r := c.AWS(t, cli, []string{"s3", "mb", "s3://" + b}); r.Err != nil {
+			t.Fatalf("s3 mb %s: %v\n%s", b, r.Err, r.Stderr)
+		}
+	}
+}
+
 // trainingJob is a CreateTrainingJob request for the trainer image.
 func trainingJob(name, role, key string, hosts, maxRuntime int, hps map[string]string) map[string]any {
 	return map[string]any{
@@ -58,15 +73,7 @@ func TestTrainingJobsEndToEnd(t *testing.T) {
 	c := harness.Start(t, harness.Options{Args: []string{"--training-stop-grace", "5s"}})
 	ctx := harness.Context(t)
 
-	imp := exec.Command(harness.Binary(t), "images", "import", "--data", c.DataDir, trainerImage(t), "trainer:1")
-	if out, err := imp.CombinedOutput(); err != nil {
-		t.Fatalf("images import: %v\n%s", err, out)
-	}
-	for _, b := range []string{"input", "output", "secret"} {
-		if r := c.AWS(t, cli, []string{"s3", "mb", "s3://" + b}); r.Err != nil {
-			t.Fatalf("s3 mb %s: %v\n%s", b, r.Err, r.Stderr)
-		}
-	}
+	jobsReady(t, c, cli, "input", "output", "secret")
 	admin := c.S3(t)
 	const canary = "CANARY-volume-9b2e71"
 	data := map[string]string{"train/a.csv": "1,2,3\n", "train/sub/b.csv": "4,5,6\n", "other/c.csv": "not staged\n",
