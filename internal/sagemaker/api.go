@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"regexp"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -431,82 +430,36 @@ func (s *Service) describeTrainingJob(r *http.Request, p *iam.Principal, body []
 }
 
 func (s *Service) listTrainingJobs(r *http.Request, p *iam.Principal, body []byte) (any, error) {
-	var req struct {
-		NextToken          string
-		MaxResults         int
-		NameContains       string
-		StatusEquals       string
-		SortBy, SortOrder  string
-		CreationTimeAfter  *float64
-		CreationTimeBefore *float64
-	}
+	var req listRequest
 	if err := decode(body, &req); err != nil {
 		return nil, err
 	}
 	if err := s.iam.Authorize(r.Context(), p, "sagemaker:ListTrainingJobs", "*", nil); err != nil {
 		return nil, err
 	}
-	if req.MaxResults == 0 {
-		req.MaxResults = 10
-	}
-	if req.MaxResults < 1 || req.MaxResults > 100 {
-		return nil, validation("MaxResults must be between 1 and 100")
-	}
 	rows, err := s.db.QueryContext(r.Context(), `SELECT name, arn, status, secondary, created, modified, training_end FROM sm_training_jobs`)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	type summary struct {
-		name, created string
-		m             map[string]any
-	}
-	var all []summary
+	var all []listed
 	for rows.Next() {
 		var name, arn, status, secondary, created, modified, end string
 		if err := rows.Scan(&name, &arn, &status, &secondary, &created, &modified, &end); err != nil {
 			return nil, err
 		}
-		if req.NameContains != "" && !strings.Contains(lower(name), lower(req.NameContains)) {
-			continue
-		}
-		if req.StatusEquals != "" && status != req.StatusEquals {
-			continue
-		}
-		c, _ := epoch(created).(float64)
-		if req.CreationTimeAfter != nil && c <= *req.CreationTimeAfter || req.CreationTimeBefore != nil && c >= *req.CreationTimeBefore {
-			continue
-		}
-		m := map[string]any{"TrainingJobName": name, "TrainingJobArn": arn, "TrainingJobStatus": status, "SecondaryStatus": secondary,
-			"CreationTime": c, "LastModifiedTime": epoch(modified)}
+		m, _ := epoch(modified).(float64)
+		sm := map[string]any{"TrainingJobName": name, "TrainingJobArn": arn, "TrainingJobStatus": status, "SecondaryStatus": secondary,
+			"CreationTime": epoch(created), "LastModifiedTime": m}
 		if v := epoch(end); v != nil {
-			m["TrainingEndTime"] = v
+			sm["TrainingEndTime"] = v
 		}
-		all = append(all, summary{name, created, m})
+		all = append(all, listed{name: name, created: created, status: status, modified: m, summary: sm})
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
-	key := func(i int) string {
-		switch req.SortBy {
-		case "Name":
-			return all[i].name
-		case "Status":
-			return all[i].m["TrainingJobStatus"].(string)
-		}
-		return all[i].created
-	}
-	sort.SliceStable(all, func(i, j int) bool {
-		if req.SortOrder == "Ascending" {
-			return key(i) < key(j)
-		}
-		return key(j) < key(i) // SageMaker's default order is descending
-	})
-	summaries := make([]map[string]any, 0, len(all))
-	for _, sm := range all {
-		summaries = append(summaries, sm.m)
-	}
-	return pageOf("TrainingJobSummaries", summaries, req.NextToken, req.MaxResults)
+	return list(&req, "TrainingJobSummaries", all)
 }
 
 func (s *Service) stopTrainingJob(r *http.Request, p *iam.Principal, body []byte) (any, error) {

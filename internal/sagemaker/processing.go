@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"path"
-	"sort"
 	"strconv"
 	"strings"
 
@@ -441,58 +440,27 @@ func (s *Service) describeProcessingJob(r *http.Request, p *iam.Principal, body 
 }
 
 func (s *Service) listProcessingJobs(r *http.Request, p *iam.Principal, body []byte) (any, error) {
-	var req struct {
-		NextToken                                     string
-		MaxResults                                    int
-		NameContains                                  string
-		StatusEquals                                  string
-		SortBy, SortOrder                             string
-		CreationTimeAfter, CreationTimeBefore         *float64
-		LastModifiedTimeAfter, LastModifiedTimeBefore *float64
-	}
+	var req listRequest
 	if err := decode(body, &req); err != nil {
 		return nil, err
 	}
 	if err := s.iam.Authorize(r.Context(), p, "sagemaker:ListProcessingJobs", "*", nil); err != nil {
 		return nil, err
 	}
-	if req.MaxResults == 0 {
-		req.MaxResults = 10
-	}
-	if req.MaxResults < 1 || req.MaxResults > 100 {
-		return nil, validation("MaxResults must be between 1 and 100")
-	}
 	rows, err := s.db.QueryContext(r.Context(), `SELECT name, arn, status, failure_reason, exit_message, created, modified, processing_end FROM sm_processing_jobs`)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	type summary struct {
-		name, created, status string
-		m                     map[string]any
-	}
-	var all []summary
+	var all []listed
 	for rows.Next() {
 		var name, arn, status, reason, exitMessage, created, modified, end string
 		if err := rows.Scan(&name, &arn, &status, &reason, &exitMessage, &created, &modified, &end); err != nil {
 			return nil, err
 		}
-		if req.NameContains != "" && !strings.Contains(lower(name), lower(req.NameContains)) {
-			continue
-		}
-		if req.StatusEquals != "" && status != req.StatusEquals {
-			continue
-		}
-		c, _ := epoch(created).(float64)
-		if req.CreationTimeAfter != nil && c <= *req.CreationTimeAfter || req.CreationTimeBefore != nil && c >= *req.CreationTimeBefore {
-			continue
-		}
 		m, _ := epoch(modified).(float64)
-		if req.LastModifiedTimeAfter != nil && m <= *req.LastModifiedTimeAfter || req.LastModifiedTimeBefore != nil && m >= *req.LastModifiedTimeBefore {
-			continue
-		}
 		sm := map[string]any{"ProcessingJobName": name, "ProcessingJobArn": arn, "ProcessingJobStatus": status,
-			"CreationTime": c, "LastModifiedTime": m}
+			"CreationTime": epoch(created), "LastModifiedTime": m}
 		if v := epoch(end); v != nil {
 			sm["ProcessingEndTime"] = v
 		}
@@ -502,31 +470,12 @@ func (s *Service) listProcessingJobs(r *http.Request, p *iam.Principal, body []b
 		if exitMessage != "" {
 			sm["ExitMessage"] = exitMessage
 		}
-		all = append(all, summary{name, created, status, sm})
+		all = append(all, listed{name: name, created: created, status: status, modified: m, summary: sm})
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
-	key := func(i int) string {
-		switch req.SortBy {
-		case "Name":
-			return all[i].name
-		case "Status":
-			return all[i].status
-		}
-		return all[i].created
-	}
-	sort.SliceStable(all, func(i, j int) bool {
-		if req.SortOrder == "Ascending" {
-			return key(i) < key(j)
-		}
-		return key(j) < key(i)
-	})
-	summaries := make([]map[string]any, 0, len(all))
-	for _, sm := range all {
-		summaries = append(summaries, sm.m)
-	}
-	return pageOf("ProcessingJobSummaries", summaries, req.NextToken, req.MaxResults)
+	return list(&req, "ProcessingJobSummaries", all)
 }
 
 func (s *Service) stopProcessingJob(r *http.Request, p *iam.Principal, body []byte) (any, error) {
