@@ -18,8 +18,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
@@ -331,11 +329,7 @@ func (dep *localDeployment) startVariant(ctx context.Context, v *localVariant) e
 	s3c := (*s3.Client)(nil)
 	var kc *kms.Client
 	if spec.RoleARN != "" {
-		akid, secret, token, _ := r.Creds.RoleCredentials(spec.Role, sessionName("SageMaker-"+spec.ModelName), setupCredentialLife)
-		creds := credentials.NewStaticCredentialsProvider(akid, secret, token)
-		s3c = s3.New(s3.Options{Region: r.Region, BaseEndpoint: aws.String(r.Endpoint), HTTPClient: r.HTTP, UsePathStyle: true,
-			Credentials: creds})
-		kc = kms.New(kms.Options{Region: r.Region, BaseEndpoint: aws.String(r.Endpoint), HTTPClient: r.HTTP, Credentials: creds})
+		s3c, kc = r.roleClients(spec.Role, sessionName("SageMaker-"+spec.ModelName), setupCredentialLife)
 		if !spec.NetworkIsolation {
 			if err := r.checkCredentialsEndpoint(); err != nil {
 				return fmt.Errorf("variant %s: %v", spec.VariantName, err)

@@ -273,3 +273,53 @@ func notFound(format string, args ...any) *awsproto.Error {
 var errNoRows = sql.ErrNoRows
 
 func isNoRows(err error) bool { return errors.Is(err, errNoRows) }
+
+// interruptedReason is the FailureReason of a job a convoy restart ended.
+const interruptedReason = "convoy stopped while this job was running; its containers were stopped with it. Start the job again under a new name."
+
+// settleJobs marks Failed the jobs of table (processing, transform) that a
+// previous run of convoy left InProgress or Stopping: their containers
+// stopped with it. endCol is the table's end-time column; what names the
+// jobs in the log.
+func (s *Service) settleJobs(ctx context.Context, table, endCol, what string) error {
+	now := stamp()
+	res, err := s.db.ExecContext(ctx, `UPDATE `+table+` SET status = 'Failed', failure_reason = ?, `+endCol+` = ?, modified = ?
+		WHERE status IN ('InProgress', 'Stopping')`, interruptedReason, now, now)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n > 0 {
+		s.log.Warn(what+" interrupted by a convoy restart, marked Failed", "jobs", n)
+	}
+	return nil
+}
+
+// markStarted records in startCol of table that the job name has started.
+func (s *Service) markStarted(table, startCol, name string) {
+	now := stamp()
+	if _, err := s.db.ExecContext(context.Background(), `UPDATE `+table+` SET `+startCol+` = ?, modified = ? WHERE name = ?`,
+		now, now, name); err != nil {
+		s.log.Error("record job start", "table", table, "job", name, "err", err)
+	}
+}
+
+// goJob runs a job in the background under s.baseCtx, registered under
+// key in s.running so that a Stop* call can cancel it. run does the job and
+// returns how to record its end, which goJob calls once the job is no
+// longer registered.
+func (s *Service) goJob(key string, run func(ctx context.Context) (finish func())) {
+	ctx, cancel := context.WithCancelCause(s.baseCtx)
+	s.mu.Lock()
+	s.running[key] = cancel
+	s.mu.Unlock()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer cancel(nil)
+		finish := run(ctx)
+		s.mu.Lock()
+		delete(s.running, key)
+		s.mu.Unlock()
+		finish()
+	}()
+}

@@ -278,16 +278,7 @@ func processingKey(name string) string { return "processing-job/" + name }
 
 // settleProcessing marks Failed what a previous run left running.
 func (s *Service) settleProcessing(ctx context.Context) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE sm_processing_jobs SET status = 'Failed', failure_reason = ?, processing_end = ?, modified = ?
-		WHERE status IN ('InProgress', 'Stopping')`,
-		"convoy stopped while this job was running; its containers were stopped with it. Start the job again under a new name.", stamp(), stamp())
-	if err != nil {
-		return err
-	}
-	if n, _ := res.RowsAffected(); n > 0 {
-		s.log.Warn("processing jobs interrupted by a convoy restart, marked Failed", "jobs", n)
-	}
-	return nil
+	return s.settleJobs(ctx, "sm_processing_jobs", "processing_end", "processing jobs")
 }
 
 func (s *Service) finishProcessing(name string, o ProcessingOutcome) {
@@ -299,27 +290,13 @@ func (s *Service) finishProcessing(name string, o ProcessingOutcome) {
 }
 
 func (s *Service) startProcessing(pr ProcessingRunner, job *ProcessingJob) {
-	ctx, cancel := context.WithCancelCause(s.baseCtx)
-	key := processingKey(job.Name)
-	s.mu.Lock()
-	s.running[key] = cancel
-	s.mu.Unlock()
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		defer cancel(nil)
-		out := pr.RunProcessing(ctx, job, func() {
-			if _, err := s.db.ExecContext(context.Background(), `UPDATE sm_processing_jobs SET processing_start = ?, modified = ? WHERE name = ?`,
-				stamp(), stamp(), job.Name); err != nil {
-				s.log.Error("record processing job start", "job", job.Name, "err", err)
-			}
-		})
-		s.mu.Lock()
-		delete(s.running, key)
-		s.mu.Unlock()
-		s.finishProcessing(job.Name, out)
-		s.log.Info("processing job ended", "job", job.Name, "status", out.Status, "reason", out.FailureReason)
-	}()
+	s.goJob(processingKey(job.Name), func(ctx context.Context) func() {
+		out := pr.RunProcessing(ctx, job, func() { s.markStarted("sm_processing_jobs", "processing_start", job.Name) })
+		return func() {
+			s.finishProcessing(job.Name, out)
+			s.log.Info("processing job ended", "job", job.Name, "status", out.Status, "reason", out.FailureReason)
+		}
+	})
 }
 
 func (s *Service) createProcessingJob(r *http.Request, p *iam.Principal, body []byte) (any, error) {

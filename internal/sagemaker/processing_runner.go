@@ -18,7 +18,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
@@ -115,14 +114,8 @@ func (r *LocalRunner) RunProcessing(ctx context.Context, job *ProcessingJob, sta
 	}
 
 	life := time.Duration(maxRT)*time.Second + time.Hour
-	akid, secret, token, _ := r.Creds.RoleCredentials(job.Role, sessionName(job.Name), life)
-	j.s3 = s3.New(s3.Options{
-		Region:       r.Region,
-		BaseEndpoint: aws.String(r.Endpoint),
-		Credentials:  credentials.NewStaticCredentialsProvider(akid, secret, token),
-		HTTPClient:   r.HTTP,
-		UsePathStyle: true,
-	})
+	var kc *kms.Client
+	j.s3, kc = r.roleClients(job.Role, sessionName(job.Name), life)
 	inside := executor.ContainerAddr(r.Listen)
 	j.env = []string{
 		"AWS_DEFAULT_REGION=" + r.Region, "AWS_REGION=" + r.Region,
@@ -144,10 +137,6 @@ func (r *LocalRunner) RunProcessing(ctx context.Context, job *ProcessingJob, sta
 		defer revokeCreds()
 	}
 
-	kc := kms.New(kms.Options{
-		Region: r.Region, BaseEndpoint: aws.String(r.Endpoint), HTTPClient: r.HTTP,
-		Credentials: credentials.NewStaticCredentialsProvider(akid, secret, token),
-	})
 	if reason, ok := j.mountVolume(ctx, req.ProcessingResources.ClusterConfig.VolumeKmsKeyId, req.ProcessingResources.ClusterConfig.VolumeSizeInGB, kc); !ok {
 		return procFailed("%s", reason)
 	}

@@ -87,6 +87,17 @@ func (r *LocalRunner) registerCredentials(role iam.Role, session string, until t
 
 // withCredentials puts the container credentials variable in e, in place
 // of any other credentials.
+// roleClients are S3 and KMS clients of convoy's own API with fresh
+// credentials of role, under the role session name session, lasting life:
+// what convoy itself uses on a job's behalf (staging, uploads, volume
+// keys), never handed to a container.
+func (r *LocalRunner) roleClients(role iam.Role, session string, life time.Duration) (*s3.Client, *kms.Client) {
+	akid, secret, token, _ := r.Creds.RoleCredentials(role, session, life)
+	creds := credentials.NewStaticCredentialsProvider(akid, secret, token)
+	return s3.New(s3.Options{Region: r.Region, BaseEndpoint: aws.String(r.Endpoint), HTTPClient: r.HTTP, UsePathStyle: true, Credentials: creds}),
+		kms.New(kms.Options{Region: r.Region, BaseEndpoint: aws.String(r.Endpoint), HTTPClient: r.HTTP, Credentials: creds})
+}
+
 func withCredentials(e *envBuilder, uri string) {
 	for _, k := range credentialVars {
 		e.del(k)
@@ -369,14 +380,8 @@ func (r *LocalRunner) Run(ctx context.Context, job *Job, report Reporter) (out O
 	// training, upload. The containers fetch theirs from the credentials
 	// endpoint, registered for as long, and revoked when they have exited.
 	life := time.Duration(req.StoppingCondition.MaxRuntimeInSeconds)*time.Second + time.Hour
-	akid, secret, token, _ := r.Creds.RoleCredentials(job.Role, sessionName(job.Name), life)
-	j.s3 = s3.New(s3.Options{
-		Region:       r.Region,
-		BaseEndpoint: aws.String(r.Endpoint),
-		Credentials:  credentials.NewStaticCredentialsProvider(akid, secret, token),
-		HTTPClient:   r.HTTP,
-		UsePathStyle: true,
-	})
+	var kc *kms.Client
+	j.s3, kc = r.roleClients(job.Role, sessionName(job.Name), life)
 	inside := executor.ContainerAddr(r.Listen)
 	j.env = []string{
 		"AWS_DEFAULT_REGION=" + r.Region, "AWS_REGION=" + r.Region,
@@ -394,10 +399,6 @@ func (r *LocalRunner) Run(ctx context.Context, job *Job, report Reporter) (out O
 		defer revokeCreds()
 	}
 
-	kc := kms.New(kms.Options{
-		Region: r.Region, BaseEndpoint: aws.String(r.Endpoint), HTTPClient: r.HTTP,
-		Credentials: credentials.NewStaticCredentialsProvider(akid, secret, token),
-	})
 	if reason, ok := j.mountVolume(ctx, req.ResourceConfig.VolumeKmsKeyId, req.ResourceConfig.VolumeSizeInGB, kc); !ok {
 		return failed("%s", reason)
 	}

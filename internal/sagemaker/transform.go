@@ -290,20 +290,9 @@ func (s *Service) transformARN(name string) string {
 // transformKey is a transform job's key in s.running.
 func transformKey(name string) string { return "transform-job/" + name }
 
-// interruptedReason is the FailureReason of a job a convoy restart ended.
-const interruptedReason = "convoy stopped while this job was running; its containers were stopped with it. Start the job again under a new name."
-
 // settleTransforms marks Failed what a previous run left running.
 func (s *Service) settleTransforms(ctx context.Context) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE sm_transform_jobs SET status = 'Failed', failure_reason = ?, transform_end = ?, modified = ?
-		WHERE status IN ('InProgress', 'Stopping')`, interruptedReason, stamp(), stamp())
-	if err != nil {
-		return err
-	}
-	if n, _ := res.RowsAffected(); n > 0 {
-		s.log.Warn("transform jobs interrupted by a convoy restart, marked Failed", "jobs", n)
-	}
-	return nil
+	return s.settleJobs(ctx, "sm_transform_jobs", "transform_end", "transform jobs")
 }
 
 func (s *Service) finishTransform(name string, o TransformOutcome) {
@@ -315,30 +304,16 @@ func (s *Service) finishTransform(name string, o TransformOutcome) {
 }
 
 func (s *Service) startTransform(tr TransformRunner, job *TransformJob) {
-	ctx, cancel := context.WithCancelCause(s.baseCtx)
-	key := transformKey(job.Name)
-	s.mu.Lock()
-	s.running[key] = cancel
-	s.mu.Unlock()
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		defer cancel(nil)
-		out := tr.RunTransform(ctx, job, func() {
-			if _, err := s.db.ExecContext(context.Background(), `UPDATE sm_transform_jobs SET transform_start = ?, modified = ? WHERE name = ?`,
-				stamp(), stamp(), job.Name); err != nil {
-				s.log.Error("record transform job start", "job", job.Name, "err", err)
-			}
-		})
-		s.mu.Lock()
-		delete(s.running, key)
-		s.mu.Unlock()
+	s.goJob(transformKey(job.Name), func(ctx context.Context) func() {
+		out := tr.RunTransform(ctx, job, func() { s.markStarted("sm_transform_jobs", "transform_start", job.Name) })
 		if out.Status != Completed && s.baseCtx.Err() != nil && !errors.Is(context.Cause(ctx), ErrStopRequested) {
 			out = TransformOutcome{Status: Failed, FailureReason: interruptedReason}
 		}
-		s.finishTransform(job.Name, out)
-		s.log.Info("transform job ended", "job", job.Name, "status", out.Status, "reason", out.FailureReason)
-	}()
+		return func() {
+			s.finishTransform(job.Name, out)
+			s.log.Info("transform job ended", "job", job.Name, "status", out.Status, "reason", out.FailureReason)
+		}
+	})
 }
 
 func (s *Service) createTransformJob(r *http.Request, p *iam.Principal, body []byte) (any, error) {

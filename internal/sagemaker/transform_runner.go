@@ -12,7 +12,6 @@ import (
 	"strings"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
 
@@ -56,9 +55,7 @@ func (h *LocalModelHost) RunTransform(ctx context.Context, job *TransformJob, st
 		return TransformOutcome{Status: Failed, FailureReason: clip(err.Error())}
 	}
 
-	akid, secret, token, _ := r.Creds.RoleCredentials(job.Role, sessionName(job.Name), setupCredentialLife)
-	s3c := s3.New(s3.Options{Region: r.Region, BaseEndpoint: aws.String(r.Endpoint), HTTPClient: r.HTTP, UsePathStyle: true,
-		Credentials: credentials.NewStaticCredentialsProvider(akid, secret, token)})
+	s3c, _ := r.roleClients(job.Role, sessionName(job.Name), setupCredentialLife)
 	objs, err := transformObjects(ctx, s3c, req, job.Role.ARN, r.Region)
 	if err != nil {
 		return ended(err)
