@@ -23,8 +23,9 @@ func jobsCmd() *cobra.Command {
 	var watch time.Duration
 	cmd := &cobra.Command{
 		Use:   "jobs [--data DIR] [--watch INTERVAL]",
-		Short: "Show training and processing jobs and their status",
-		Long: `Show the training and processing jobs of a running convoy, newest first, with
+		Short: "Show training, processing and transform jobs and their status",
+		Long: `Show the training, processing and batch transform jobs of a running convoy,
+newest first, with
 their status, what they are doing now (SageMaker's secondary status), how long
 they have run and, for failed jobs, why.
 
@@ -92,13 +93,14 @@ func epoch(v any) time.Time {
 
 func str(m map[string]any, k string) string { s, _ := m[k].(string); return s }
 
-// listJobs pages through both job lists and asks for the failure reason
+// listJobs pages through the job lists and asks for the failure reason
 // of failed training jobs (their summaries lack it).
 func listJobs(ctx context.Context, c *client.Client) ([]jobRow, error) {
 	var rows []jobRow
-	for _, kind := range []struct{ op, list, name, status, end string }{
-		{"ListTrainingJobs", "TrainingJobSummaries", "TrainingJobName", "TrainingJobStatus", "TrainingEndTime"},
-		{"ListProcessingJobs", "ProcessingJobSummaries", "ProcessingJobName", "ProcessingJobStatus", "ProcessingEndTime"},
+	for _, kind := range []struct{ label, op, list, name, status, end string }{
+		{"training", "ListTrainingJobs", "TrainingJobSummaries", "TrainingJobName", "TrainingJobStatus", "TrainingEndTime"},
+		{"processing", "ListProcessingJobs", "ProcessingJobSummaries", "ProcessingJobName", "ProcessingJobStatus", "ProcessingEndTime"},
+		{"transform", "ListTransformJobs", "TransformJobSummaries", "TransformJobName", "TransformJobStatus", "TransformEndTime"},
 	} {
 		token := ""
 		for {
@@ -115,10 +117,7 @@ func listJobs(ctx context.Context, c *client.Client) ([]jobRow, error) {
 				m, _ := it.(map[string]any)
 				r := jobRow{name: str(m, kind.name), status: str(m, kind.status), detail: str(m, "SecondaryStatus"),
 					failure: str(m, "FailureReason"), created: epoch(m["CreationTime"]), ended: epoch(m[kind.end])}
-				r.kind = "training"
-				if kind.op == "ListProcessingJobs" {
-					r.kind = "processing"
-				}
+				r.kind = kind.label
 				if r.kind == "training" && r.status == "Failed" {
 					var d map[string]any
 					if err := c.CallJSON(ctx, "sagemaker", "SageMaker.DescribeTrainingJob", map[string]any{"TrainingJobName": r.name}, &d); err == nil {
