@@ -25,9 +25,8 @@ func jobsCmd() *cobra.Command {
 		Use:   "jobs [--data DIR] [--watch INTERVAL]",
 		Short: "Show training, processing and transform jobs and their status",
 		Long: `Show the training, processing and batch transform jobs of a running convoy,
-newest first, with
-their status, what they are doing now (SageMaker's secondary status), how long
-they have run and, for failed jobs, why.
+newest first, with their status, what they are doing now (SageMaker's
+secondary status), how long they have run and, for failed jobs, why.
 
 convoy jobs asks the running convoy over its API, exactly as the aws CLI
 would (TLS verified against convoy's CA, requests signed with the admin keys
