@@ -147,22 +147,51 @@ func Server(p Profile, getCert GetCertificateFunc, opts ServerOptions) *tls.Conf
 	if p != FIPS {
 		return base
 	}
-	// crypto/tls does not let a server restrict TLS 1.3 cipher suites. In
-	// FIPS 140-3 mode the module already limits them to AES-GCM; without it, a
-	// client that offers TLS 1.3 but no AES-GCM suite is held to TLS 1.2,
-	// where Suites (AES-GCM only) applies and the handshake fails cleanly.
+	// crypto/tls does not let a server restrict TLS 1.3 cipher suites, and
+	// it follows a client whose first TLS 1.3 suite is ChaCha20 (a client
+	// without AES hardware, or OpenSSL told so) even when AES-GCM is
+	// offered too. In FIPS 140-3 mode the module already limits TLS 1.3 to
+	// AES-GCM; without it, a client whose first TLS 1.3 suite is not
+	// AES-GCM is held to TLS 1.2, where Suites (ECDHE with AES-GCM only)
+	// applies, or the handshake fails cleanly. VerifyConnection refuses
+	// any other outcome, should crypto/tls ever choose differently.
+	verify := func(cs tls.ConnectionState) error {
+		if !fipsSuite(cs) {
+			return fmt.Errorf("fips profile: %s %s is not an approved suite", tls.VersionName(cs.Version), tls.CipherSuiteName(cs.CipherSuite))
+		}
+		return nil
+	}
+	base.VerifyConnection = verify
 	tls12Only := base.Clone()
 	tls12Only.MaxVersion = tls.VersionTLS12
 	outer := base.Clone()
 	outer.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		if FIPSModuleEnabled() {
+			return nil, nil // TLS 1.3 is AES-GCM only already
+		}
 		for _, s := range hello.CipherSuites {
-			if slices.Contains(tls13GCM, s) {
-				return nil, nil
+			if isTLS13Suite(s) {
+				if slices.Contains(tls13GCM, s) {
+					return nil, nil
+				}
+				break
 			}
 		}
 		return tls12Only, nil
 	}
 	return outer
+}
+
+// isTLS13Suite reports whether s is a TLS 1.3 cipher suite (RFC 8446:
+// 0x1301–0x1305); GREASE and TLS 1.2 suites are not.
+func isTLS13Suite(s uint16) bool { return s >= 0x1301 && s <= 0x1305 }
+
+// fipsSuite reports whether cs used a suite of the fips profile.
+func fipsSuite(cs tls.ConnectionState) bool {
+	if cs.Version == tls.VersionTLS13 {
+		return slices.Contains(tls13GCM, cs.CipherSuite)
+	}
+	return slices.Contains(FIPS.Policy().Suites, cs.CipherSuite)
 }
 
 func serverConfig(p Profile, getCert GetCertificateFunc, opts ServerOptions) *tls.Config {

@@ -139,10 +139,15 @@ func TestProfilesNegotiate(t *testing.T) {
 	}
 }
 
-// A TLS 1.3 client that offers no AES-GCM suite is held to TLS 1.2 by the
-// fips profile (crypto/tls cannot restrict TLS 1.3 suites, and Go's client
-// always offers all three, so this is checked on the hook itself).
+// A TLS 1.3 client whose first TLS 1.3 suite is not AES-GCM is held to
+// TLS 1.2 by the fips profile (crypto/tls cannot restrict TLS 1.3 suites
+// and would follow such a client to ChaCha20; Go's client cannot reorder
+// its suites, so this is checked on the hook itself, and with openssl in
+// TestFIPSChaChaFirstTLS13Client).
 func TestFIPSRefusesTLS13WithoutAESGCM(t *testing.T) {
+	if FIPSModuleEnabled() {
+		t.Skip("with the FIPS 140-3 module on, crypto/tls holds TLS 1.3 to AES-GCM and the hook steps aside")
+	}
 	cert, _ := testCert(t)
 	cfg := Server(FIPS, func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cert, nil }, ServerOptions{})
 	got, err := cfg.GetConfigForClient(&tls.ClientHelloInfo{
@@ -156,8 +161,15 @@ func TestFIPSRefusesTLS13WithoutAESGCM(t *testing.T) {
 		CipherSuites:      []uint16{tls.TLS_CHACHA20_POLY1305_SHA256, tls.TLS_AES_128_GCM_SHA256},
 		SupportedVersions: []uint16{tls.VersionTLS13},
 	})
+	if err != nil || got == nil || got.MaxVersion != tls.VersionTLS12 {
+		t.Fatalf("ChaCha-first TLS 1.3 hello that also offers AES-GCM: got config %v, err %v; want MaxVersion TLS 1.2", got, err)
+	}
+	got, err = cfg.GetConfigForClient(&tls.ClientHelloInfo{
+		CipherSuites:      []uint16{0x0a0a, tls.TLS_AES_128_GCM_SHA256, tls.TLS_CHACHA20_POLY1305_SHA256},
+		SupportedVersions: []uint16{tls.VersionTLS13},
+	})
 	if err != nil || got != nil {
-		t.Fatalf("hello with AES-GCM: got %v, %v; want the base config", got, err)
+		t.Fatalf("AES-GCM-first hello (after GREASE): got %v, %v; want the base config", got, err)
 	}
 }
 
