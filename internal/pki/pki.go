@@ -55,6 +55,9 @@ func LoadOrCreateCA(dir, commonName string) (*CA, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create pki dir: %w", err)
 	}
+	if err := os.Chmod(dir, 0o700); err != nil { // an existing one too
+		return nil, fmt.Errorf("pki dir: %w", err)
+	}
 	path := filepath.Join(dir, caFile)
 	ca, err := LoadCA(path, path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -80,6 +83,20 @@ func LoadOrCreateCA(dir, commonName string) (*CA, error) {
 	return ca, nil
 }
 
+// PrivateFile refuses a private key file that its owner's group or others
+// may read or write, as ssh does: such a key may have been read, and
+// convoy would otherwise go on signing or serving with it.
+func PrivateFile(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return fmt.Errorf("private key file %s has mode %04o, open to its group or others: make it private (chmod 600 %s), and replace the key if others may have read it", path, perm, path)
+	}
+	return nil
+}
+
 // PublicPath is where LoadOrCreateCA puts the CA certificate for clients.
 func PublicPath(dir string) string { return filepath.Join(dir, caPublic) }
 
@@ -95,6 +112,9 @@ func LoadCA(certPath, keyPath string) (*CA, error) {
 		if keyPEM, err = os.ReadFile(keyPath); err != nil {
 			return nil, fmt.Errorf("read CA key: %w", err)
 		}
+	}
+	if err := PrivateFile(keyPath); err != nil {
+		return nil, err
 	}
 	pair, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {

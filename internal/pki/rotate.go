@@ -136,6 +136,13 @@ func (r *Rotator) load() (*tls.Certificate, error) {
 	if r.path == "" {
 		return nil, os.ErrNotExist
 	}
+	// A stored key others could read is not reused: a new one is issued.
+	if err := PrivateFile(r.path); err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			r.log.Warn("not reusing the stored serving certificate; issuing a new one", "err", err)
+		}
+		return nil, err
+	}
 	data, err := os.ReadFile(r.path)
 	if err != nil {
 		return nil, err
@@ -171,7 +178,7 @@ func (s *FileSource) fileStamp() string {
 	var b []byte
 	for _, p := range []string{s.certPath, s.keyPath} {
 		if fi, err := os.Stat(p); err == nil {
-			b = fmt.Appendf(b, "%d/%d;", fi.ModTime().UnixNano(), fi.Size())
+			b = fmt.Appendf(b, "%d/%d/%o;", fi.ModTime().UnixNano(), fi.Size(), fi.Mode().Perm())
 		}
 	}
 	return string(b)
@@ -179,6 +186,9 @@ func (s *FileSource) fileStamp() string {
 
 func (s *FileSource) reload() error {
 	stamp := s.fileStamp()
+	if err := PrivateFile(s.keyPath); err != nil {
+		return err
+	}
 	c, err := tls.LoadX509KeyPair(s.certPath, s.keyPath)
 	if err != nil {
 		return fmt.Errorf("load certificate %s / key %s: %w", s.certPath, s.keyPath, err)
@@ -216,6 +226,9 @@ func (s *FileSource) Run(ctx context.Context) {
 			continue
 		}
 		if err := s.reload(); err != nil {
+			// Said once per change of the files (their times, sizes and
+			// modes), not every tick.
+			s.stamp = s.fileStamp()
 			s.log.Error("reload certificate; keeping the current one", "err", err)
 			continue
 		}
