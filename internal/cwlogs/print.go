@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 )
 
@@ -61,7 +62,7 @@ type tail struct {
 // read prints what host's log gained since the last read: whole lines, and
 // with flush also a last unfinished one.
 func (t *tail) read(host string, prefix, flush bool) error {
-	f, err := os.Open(filepath.Join(t.dir, host+".log"))
+	f, err := os.OpenFile(filepath.Join(t.dir, host+".log"), os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}

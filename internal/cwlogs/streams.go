@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // hostRE is a training host's name (executor.HostName).
@@ -80,9 +81,12 @@ func (s *Service) open(group, name string) (stream, bool, error) {
 	return statStream(name, filepath.Join(dir, host+".log"))
 }
 
+// statStream finds the stream name at path. Only a regular file is a
+// stream: a symbolic link planted where a log belongs is not followed to
+// what it names (eachLine opens with O_NOFOLLOW too).
 func statStream(name, path string) (stream, bool, error) {
-	fi, err := os.Stat(path)
-	if errors.Is(err, fs.ErrNotExist) {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) || (err == nil && !fi.Mode().IsRegular()) {
 		return stream{}, false, nil
 	}
 	if err != nil {
@@ -148,7 +152,7 @@ const maxEventBytes = 256 * 1024
 // end) and its index, until fn returns false; n is the count of lines
 // passed to fn. A last line without a line end counts as a line.
 func eachLine(path string, fn func(i int, line string) bool) (n int, err error) {
-	f, err := os.Open(path)
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
 		return 0, err
 	}
