@@ -26,6 +26,7 @@ type dirs map[string]string
 func (d dirs) LogDir(job string) (string, bool) { dir, ok := d[job]; return dir, ok }
 
 type env struct {
+	logs       string // the log directory of job "Job"
 	t          *testing.T
 	svc        *Service
 	admin, dev *iam.Principal
@@ -69,7 +70,7 @@ func newEnv(t *testing.T) *env {
 	write("algo-2.log", strings.Join(two, "\r\n")) // no final line end
 	write("notes.txt", "not a host log")
 	svc := New(ids, ids.AccountID(), "us-east-1", dirs{"Job": logs}, slog.New(slog.DiscardHandler))
-	return &env{t: t, svc: svc, admin: admin, dev: dev}
+	return &env{t: t, svc: svc, admin: admin, dev: dev, logs: logs}
 }
 
 func (e *env) call(op string, body any, p *iam.Principal) (int, map[string]any) {
@@ -408,5 +409,50 @@ func TestSource(t *testing.T) {
 		if code, out := e.call(tc.op, tc.body, p); code == 200 || out["__type"] != tc.code {
 			t.Errorf("%s %v: %d %v, want %s", tc.op, tc.body, code, out, tc.code)
 		}
+	}
+}
+
+// A page holds at most 1 MB of events (and at least one), the events
+// nearest where reading started, forward and backward; the tokens continue
+// from there.
+func TestGetLogEventsPageBytes(t *testing.T) {
+	e := newEnv(t)
+	var ls []string
+	for i := range 10 {
+		ls = append(ls, fmt.Sprintf("%d", i)+strings.Repeat("x", 300<<10))
+	}
+	if err := os.WriteFile(filepath.Join(e.logs, "algo-3.log"), []byte(strings.Join(ls, "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	get := func(extra map[string]any) ([]string, map[string]any) {
+		t.Helper()
+		req := map[string]any{"logGroupName": Group, "logStreamName": "Job/algo-3-1"}
+		for k, v := range extra {
+			req[k] = v
+		}
+		code, out := e.call("GetLogEvents", req, e.admin)
+		if code != 200 {
+			t.Fatalf("GetLogEvents %v: %d %v", extra, code, out)
+		}
+		var first []string
+		for _, m := range messages(out) {
+			first = append(first, m[:1])
+		}
+		return first, out
+	}
+	// 300 KiB events: three fit in 1 MB, four do not.
+	got, out := get(map[string]any{"startFromHead": true})
+	if strings.Join(got, "") != "012" || out["nextForwardToken"] != "f/3" {
+		t.Fatalf("first page forward: %v, next %v", got, out["nextForwardToken"])
+	}
+	if got, _ = get(map[string]any{"nextToken": "f/3"}); strings.Join(got, "") != "345" {
+		t.Errorf("second page forward: %v", got)
+	}
+	got, out = get(nil) // from the end, backward
+	if strings.Join(got, "") != "789" || out["nextBackwardToken"] != "b/7" {
+		t.Fatalf("last page: %v, previous %v", got, out["nextBackwardToken"])
+	}
+	if got, _ = get(map[string]any{"nextToken": "b/7"}); strings.Join(got, "") != "456" {
+		t.Errorf("page before it: %v", got)
 	}
 }

@@ -142,34 +142,32 @@ func (s *Service) getLogEvents(r *http.Request, p *iam.Principal, body []byte) (
 	if !forward {
 		first, end = max(pos-n, 0), pos
 	}
+	// At most 1 MB (and at least one event), keeping the events nearest
+	// where reading started; trimmed while reading, so a stream of long
+	// lines never holds more than a page in memory.
 	var events []outputEvent
+	size := 0
 	if inTime(st.mtime, req.StartTime, req.EndTime) {
 		_, err = eachLine(st.path, func(i int, line string) bool {
-			if i >= first {
-				events = append(events, outputEvent{Timestamp: st.mtime, Message: line, IngestionTime: st.mtime})
+			if i < first {
+				return true
+			}
+			cost := len(line) + 26 // CloudWatch counts 26 bytes of overhead an event
+			if forward && size+cost > maxPageBytes && len(events) > 0 {
+				return false
+			}
+			events = append(events, outputEvent{Timestamp: st.mtime, Message: line, IngestionTime: st.mtime})
+			size += cost
+			for !forward && size > maxPageBytes && len(events) > 1 {
+				size -= len(events[0].Message) + 26
+				events[0] = outputEvent{}
+				events = events[1:]
+				first++
 			}
 			return i+1 < end
 		})
 		if err != nil {
 			return nil, err
-		}
-	}
-	// At most 1 MB, keeping the events nearest where reading started.
-	size := 0
-	for i := range events {
-		k := i
-		if !forward {
-			k = len(events) - 1 - i
-		}
-		size += len(events[k].Message) + 26 // CloudWatch counts 26 bytes of overhead an event
-		if size > maxPageBytes && i > 0 {
-			if forward {
-				events = events[:k]
-			} else {
-				first += k + 1
-				events = events[k+1:]
-			}
-			break
 		}
 	}
 	if forward {
