@@ -267,9 +267,19 @@ restarted. The outcome is written to s3://BUCKET/PREFIXdeployments/<core>.status
 cannot traverse DATA (0700): give it --deploy-dir and --ipc-socket in
 directories it can reach.
 
-When ready, DATA/edge.env holds CONVOY_EDGE_MQTT and CONVOY_EDGE_IPC.`,
+Metrics (off by default): --metrics-listen HOST:PORT (e.g. 127.0.0.1:9464)
+serves GET /metrics (Prometheus, names convoy_edge_*) and GET /healthz over
+HTTPS only, with the broker's certificate and --tls-profile; a plaintext
+request gets no answer. Scrapers verify it with the broker CA (the ca.crt of
+convoy edge devices add). Scrapes are not authenticated: the metrics hold
+counts, sizes and times, no payload, topic, device name or secret; bind the
+listener to loopback or a management network.
+
+When ready, DATA/edge.env holds CONVOY_EDGE_MQTT and CONVOY_EDGE_IPC (and
+CONVOY_EDGE_METRICS with --metrics-listen).`,
 		Example: `  convoy edge run --data /srv/edge --cloud-env /etc/convoy/cloud.env --bucket telemetry
   convoy edge run --data /srv/edge --listen 0.0.0.0:8883 --tls-profile compat --ipc-allow-uid 1001
+  convoy edge run --data /srv/edge --metrics-listen 127.0.0.1:9464
   convoy edge run --data /srv/edge --cloud-env cloud.env --bucket fleet --component-uid 1001 --component-gid 1001 \
       --deploy-dir /srv/edge-components --ipc-socket /run/convoy-edge/ipc.sock`,
 		Args: cobra.NoArgs,
@@ -349,6 +359,7 @@ When ready, DATA/edge.env holds CONVOY_EDGE_MQTT and CONVOY_EDGE_IPC.`,
 	f.Int64Var(&o.ComponentGID, "component-gid", -1, "group ID components run as; -1 means the group of DATA")
 	f.BoolVar(&o.AllowRootComponents, "allow-root-components", false, "allow components to run as root (not recommended)")
 	f.DurationVar(&o.ComponentStopGrace, "component-stop-grace", 10*time.Second, "time between SIGTERM and SIGKILL when a component is stopped")
+	f.StringVar(&o.MetricsListen, "metrics-listen", "", "HOST:PORT of the HTTPS listener for /metrics and /healthz, e.g. 127.0.0.1:9464 (default off)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "json", "json or text")
 	cmd.MarkFlagRequired("data")

@@ -133,6 +133,23 @@ func (d *probeDevice) subscribe(t *testing.T, filter string) {
 // returns the broker's address, the broker CA pool and the devices' keys.
 func startCore(t *testing.T, names ...string) (string, *x509.CertPool, map[string]tls.Certificate) {
 	t.Helper()
+	c := startTestCore(t, nil, names...)
+	return c.mqtt, c.pool, c.certs
+}
+
+// testCore is a core started by startTestCore.
+type testCore struct {
+	data    string // its data directory
+	mqtt    string // the broker's address
+	metrics string // the metrics listener's address, if any
+	pool    *x509.CertPool
+	certs   map[string]tls.Certificate
+}
+
+// startTestCore is startCore with its options changed by configure (if
+// not nil) before Run.
+func startTestCore(t *testing.T, configure func(*Options), names ...string) testCore {
+	t.Helper()
 	dir := t.TempDir()
 	data := filepath.Join(dir, "edge")
 	if err := Init(data, Identity{Name: "core"}); err != nil {
@@ -149,21 +166,30 @@ func startCore(t *testing.T, names ...string) (string, *x509.CertPool, map[strin
 	if err != nil {
 		t.Fatal(err)
 	}
+	o := Options{DataDir: data, Listen: "127.0.0.1:0", Profile: tlsconf.Modern,
+		IPCSocket: filepath.Join(dir, "ipc.sock"), MaxQueueBytes: 1 << 20, Logger: slog.New(slog.DiscardHandler)}
+	if configure != nil {
+		configure(&o)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() {
-		done <- Run(ctx, Options{DataDir: data, Listen: "127.0.0.1:0", Profile: tlsconf.Modern,
-			IPCSocket: filepath.Join(dir, "ipc.sock"), Logger: slog.New(slog.DiscardHandler)})
-	}()
+	go func() { done <- Run(ctx, o) }()
 	t.Cleanup(func() { cancel(); <-done })
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		b, err := os.ReadFile(filepath.Join(data, EnvFile))
 		if err == nil {
+			c := testCore{data: data, pool: brokerCA.Pool(), certs: certs}
 			for _, line := range strings.Split(string(b), "\n") {
 				if v, ok := strings.CutPrefix(line, "export CONVOY_EDGE_MQTT='"); ok {
-					return strings.TrimSuffix(v, "'"), brokerCA.Pool(), certs
+					c.mqtt = strings.TrimSuffix(v, "'")
 				}
+				if v, ok := strings.CutPrefix(line, "export CONVOY_EDGE_METRICS='"); ok {
+					c.metrics = strings.TrimSuffix(v, "'")
+				}
+			}
+			if c.mqtt != "" {
+				return c
 			}
 		}
 		select {

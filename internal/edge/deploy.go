@@ -237,7 +237,11 @@ type Deployer struct {
 	RestartMax time.Duration
 	Log        *slog.Logger
 
+	metrics *metrics
 	etag    string
+	// current is written only by the polling goroutine, under mu, so that
+	// goroutine reads it freely; any other (the metrics) reads it under mu.
+	mu      sync.Mutex
 	current *running
 }
 
@@ -389,6 +393,7 @@ func (d *Deployer) PollOnce(ctx context.Context) error {
 	} else {
 		st = d.Apply(ctx, raw)
 	}
+	d.metrics.deployed(st.Status)
 	return d.putStatus(ctx, st)
 }
 
@@ -431,15 +436,15 @@ func (d *Deployer) Apply(ctx context.Context, raw []byte) DeploymentStatus {
 			for _, s := range prev.sups {
 				again = append(again, s.prep)
 			}
-			d.current = &running{id: prev.id, sups: d.startAll(again)}
+			d.setCurrent(&running{id: prev.id, sups: d.startAll(again)})
 			reason += "; rolled back to deployment " + prev.id
 			log.Warn("deployments: rolled back", "to", prev.id)
 		} else {
-			d.current = nil
+			d.setCurrent(nil)
 		}
 		return d.failed(doc.DeploymentId, errors.New(reason))
 	}
-	d.current = &running{id: doc.DeploymentId, sups: sups}
+	d.setCurrent(&running{id: doc.DeploymentId, sups: sups})
 	d.removeUnused()
 	log.Info("deployments: deployment succeeded")
 	return DeploymentStatus{DeploymentId: doc.DeploymentId, Status: "SUCCEEDED", Components: d.componentStatus(), Time: time.Now().UTC()}
@@ -450,8 +455,21 @@ func (d *Deployer) failed(id string, err error) DeploymentStatus {
 	return DeploymentStatus{DeploymentId: id, Status: "FAILED", Reason: err.Error(), Components: d.componentStatus(), Time: time.Now().UTC()}
 }
 
+func (d *Deployer) setCurrent(r *running) {
+	d.mu.Lock()
+	d.current = r
+	d.mu.Unlock()
+}
+
+// componentStatus is the state of the running deployment's components; it
+// may be called from any goroutine, and on a nil *Deployer (no components).
 func (d *Deployer) componentStatus() []ComponentStatus {
 	out := []ComponentStatus{}
+	if d == nil {
+		return out
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	if d.current != nil {
 		for _, s := range d.current.sups {
 			out = append(out, s.status())
@@ -678,7 +696,8 @@ func (d *Deployer) startAll(ps []prepared) []*supervisor {
 			prep: p, logPath: filepath.Join(d.LogDir, p.spec.ComponentName+".log"),
 			env: componentEnv(p, d.IPC), uid: d.UID, gid: d.GID,
 			grace: d.StopGrace, restartMin: d.RestartMin, restartMax: d.RestartMax,
-			log: d.Log.With("component", p.spec.ComponentName, "version", p.spec.ComponentVersion),
+			restarted: d.metrics.restartCounter(p.spec.ComponentName),
+			log:       d.Log.With("component", p.spec.ComponentName, "version", p.spec.ComponentVersion),
 		}
 		s.start()
 		sups = append(sups, s)
@@ -720,6 +739,8 @@ type supervisor struct {
 	restartMin time.Duration
 	restartMax time.Duration
 	log        *slog.Logger
+	// restarted, if set, counts a restart (metrics).
+	restarted func()
 
 	mu       sync.Mutex
 	state    string
@@ -824,6 +845,9 @@ func (s *supervisor) loop() {
 		s.mu.Lock()
 		s.restarts++
 		s.mu.Unlock()
+		if s.restarted != nil {
+			s.restarted()
+		}
 		select {
 		case <-s.stopc:
 			s.set("STOPPED", 0)

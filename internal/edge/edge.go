@@ -37,6 +37,12 @@
 //     over the same HTTPS client, downloads each component's artifacts
 //     checking their SHA-256, and supervises one process per component,
 //     as an unprivileged user, with nothing of the core's environment.
+//   - Metrics (metrics.go): with --metrics-listen, /metrics (Prometheus)
+//     and /healthz over HTTPS only, with the broker's certificate and the
+//     core's TLS profile. Scrapes are not authenticated: the metrics are
+//     counts, sizes and timestamps, with no payload, topic, device name or
+//     secret, and the core's only client CA is the device CA, whose
+//     certificates are MQTT credentials a scraper should not hold.
 //
 // Not yet: archives in deployments, the cloud-side MQTT endpoint, device
 // policies beyond the built-in one, rotation of the queue key.
@@ -45,7 +51,6 @@ package edge
 import (
 	"cmp"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -65,6 +70,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"convoy/internal/fsutil"
 	"convoy/internal/pki"
@@ -114,12 +120,16 @@ type Options struct {
 	AllowRootComponents bool
 	ComponentStopGrace  time.Duration
 
+	// MetricsListen, when set, is the TCP address of the HTTPS listener
+	// serving /metrics and /healthz (metrics.go).
+	MetricsListen string
+
 	Logger *slog.Logger
 }
 
 // EnvFile is written to DataDir when the core is ready (like convoy.env):
 // CONVOY_EDGE_MQTT (host:port), CONVOY_EDGE_IPC (socket path),
-// CONVOY_EDGE_PID.
+// CONVOY_EDGE_PID, and CONVOY_EDGE_METRICS (host:port) with MetricsListen.
 const EnvFile = "edge.env"
 
 const ipcListenerID = "ipc"
@@ -197,15 +207,21 @@ func Run(ctx context.Context, o Options) error {
 		o.IPCAllowUIDs = append(slices.Clone(o.IPCAllowUIDs), deployer.UID)
 	}
 
+	reg := prometheus.NewRegistry()
+	m := newMetrics(reg)
+	if deployer != nil {
+		deployer.metrics = m
+	}
+
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumQos = 1 // QoS 2 is served as 1: the uplink is at-least-once with idempotent objects
 	caps.MaximumPacketSize = 256 << 10
 	server := mqtt.New(&mqtt.Options{Capabilities: caps, Logger: slog.New(quietPackets{log.Handler()}).With("component", "mqtt")})
 	wake := make(chan struct{}, 1)
-	if err := server.AddHook(&policyHook{server: server, ipcID: ipcListenerID, log: log, denied: newOnceSet(4096), guard: guard}, nil); err != nil {
+	if err := server.AddHook(&policyHook{server: server, ipcID: ipcListenerID, log: log, denied: newOnceSet(4096), guard: guard, metrics: m}, nil); err != nil {
 		return err
 	}
-	if err := server.AddHook(&uplinkHook{queue: queue, log: log, wake: wake}, nil); err != nil {
+	if err := server.AddHook(&uplinkHook{queue: queue, log: log, wake: wake, metrics: m}, nil); err != nil {
 		return err
 	}
 
@@ -215,7 +231,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	tlsCfg := withVerifyConnection(tlsconf.Server(o.Profile, certs.GetCertificate, tlsconf.ServerOptions{NextProtos: []string{"mqtt"}, ClientCAs: devices}),
 		guard.verifyConnection)
-	if err := server.AddListener(listeners.NewNet("mqtts", tls.NewListener(connectDeadline{tcp}, tlsCfg))); err != nil {
+	if err := server.AddListener(listeners.NewNet("mqtts", deviceListener{Listener: connectDeadline{tcp}, cfg: tlsCfg, metrics: m})); err != nil {
 		tcp.Close()
 		return err
 	}
@@ -224,6 +240,7 @@ func Run(ctx context.Context, o Options) error {
 		server.Close()
 		return err
 	}
+	ipc.metrics = m
 	if deployer != nil {
 		// Connecting needs write permission on the socket (0660): give it
 		// to the components' group. SO_PEERCRED still checks the uid.
@@ -246,7 +263,7 @@ func Run(ctx context.Context, o Options) error {
 
 	if o.Bucket != "" {
 		exp := &Exporter{Queue: queue, S3: cloud, Bucket: o.Bucket, Prefix: o.Prefix, Core: id.Name,
-			MaxBatch: 1000, MaxBytes: 4 << 20, BackoffMin: o.BackoffMin, BackoffMax: o.BackoffMax, Log: log, Wake: wake}
+			MaxBatch: 1000, MaxBytes: 4 << 20, BackoffMin: o.BackoffMin, BackoffMax: o.BackoffMax, Log: log, Wake: wake, metrics: m}
 		wg.Go(func() { exp.Run(ctx) })
 		if deployer != nil {
 			wg.Go(func() { deployer.Run(ctx) })
@@ -255,14 +272,35 @@ func Run(ctx context.Context, o Options) error {
 		log.Warn("no --bucket: telemetry is queued but not exported, and there are no deployments")
 	}
 
+	watch(reg, gaugeSources{queue: queue, maxQueueBytes: o.MaxQueueBytes, broker: server, ipcID: ipcListenerID,
+		leaf: certs.Leaf, deployer: deployer, log: log})
+	metricsAddr := ""
+	if o.MetricsListen != "" {
+		ln, err := net.Listen("tcp", o.MetricsListen)
+		if err != nil {
+			return fmt.Errorf("listen on %s: %w (choose another --metrics-listen)", o.MetricsListen, err)
+		}
+		metricsAddr = ln.Addr().String()
+		// The broker's certificate and profile; no ALPN beyond HTTP.
+		cfg := tlsconf.Server(o.Profile, certs.GetCertificate, tlsconf.ServerOptions{})
+		wg.Go(func() {
+			if err := serveMetrics(ctx, ln, cfg, reg, log.With("component", "metrics")); err != nil {
+				log.Error("metrics: listener stopped", "err", err)
+			}
+		})
+	}
+
 	count, size := queue.Depth()
 	env := fmt.Sprintf("export CONVOY_EDGE_MQTT='%s'\nexport CONVOY_EDGE_IPC='%s'\nexport CONVOY_EDGE_PID='%d'\n",
 		tcp.Addr(), sock, os.Getpid())
+	if metricsAddr != "" {
+		env += fmt.Sprintf("export CONVOY_EDGE_METRICS='%s'\n", metricsAddr)
+	}
 	if err := fsutil.WriteFileAtomic(envPath, []byte(env), 0o600); err != nil {
 		return err
 	}
 	log.Info("edge core ready", "core", id.Name, "mqtts", tcp.Addr().String(), "tls_profile", string(o.Profile),
-		"ipc", sock, "ipc_uids", fmt.Sprint(ipc.Allow), "bucket", o.Bucket, "queued_messages", count, "queued_bytes", size)
+		"ipc", sock, "ipc_uids", fmt.Sprint(ipc.Allow), "bucket", o.Bucket, "metrics", metricsAddr, "queued_messages", count, "queued_bytes", size)
 	<-ctx.Done()
 	log.Info("edge core stopping")
 	os.Remove(envPath)
@@ -274,9 +312,10 @@ func Run(ctx context.Context, o Options) error {
 // QoS 1 publish (server.go, processPublish), so a PUBACK means committed.
 type uplinkHook struct {
 	mqtt.HookBase
-	queue *Queue
-	log   *slog.Logger
-	wake  chan struct{}
+	queue   *Queue
+	log     *slog.Logger
+	wake    chan struct{}
+	metrics *metrics
 	// fullLogged is set while the queue is full and that was logged.
 	fullLogged atomic.Bool
 }
@@ -292,6 +331,7 @@ func (h *uplinkHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 	}
 	_, err := h.queue.Append(context.Background(), Message{Topic: pk.TopicName, Device: device, Received: time.Now().UTC(), Payload: pk.Payload})
 	if err == nil {
+		h.metrics.messageQueued()
 		select {
 		case h.wake <- struct{}{}:
 		default:
@@ -299,6 +339,7 @@ func (h *uplinkHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 		h.fullLogged.Store(false)
 		return pk, nil
 	}
+	h.metrics.messageRefused(err)
 	count, size := h.queue.Depth()
 	if !errors.Is(err, ErrQueueFull) || h.fullLogged.CompareAndSwap(false, true) {
 		h.log.Error("uplink: message refused, not queued", "err", err, "client", cl.ID, "topic", pk.TopicName, "qos", pk.FixedHeader.Qos,

@@ -20,6 +20,8 @@ type PeerCredListener struct {
 	net.Listener
 	Allow []uint32
 	Log   *slog.Logger
+
+	metrics *metrics
 }
 
 // Accept returns the next connection from an allowed peer.
@@ -32,11 +34,13 @@ func (l *PeerCredListener) Accept() (net.Conn, error) {
 		cred, err := peerCred(c)
 		if err != nil {
 			l.Log.Warn("ipc connection refused: no peer credentials", "err", err)
+			l.metrics.ipcConnRefused("no_peer_credentials")
 			c.Close()
 			continue
 		}
 		if !slices.Contains(l.Allow, cred.Uid) {
 			l.Log.Warn("ipc connection refused: uid not allowed", "uid", cred.Uid, "pid", cred.Pid, "allowed_uids", l.Allow)
+			l.metrics.ipcConnRefused("uid_not_allowed")
 			c.Close()
 			continue
 		}

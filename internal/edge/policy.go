@@ -61,11 +61,12 @@ var errWillTopic = errors.New("will topic outside the device policy")
 // checks the register again and applies the device policy.
 type policyHook struct {
 	mqtt.HookBase
-	server *mqtt.Server
-	ipcID  string // listener ID of the IPC socket
-	log    *slog.Logger
-	denied *onceSet
-	guard  *revocationGuard
+	server  *mqtt.Server
+	ipcID   string // listener ID of the IPC socket
+	log     *slog.Logger
+	denied  *onceSet
+	guard   *revocationGuard
+	metrics *metrics
 }
 
 func (h *policyHook) ID() string { return "convoy-edge-policy" }
@@ -110,6 +111,7 @@ func (h *policyHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	}
 	if err != nil {
 		h.log.Warn("device refused", "remote", cl.Net.Remote, "client_id", cl.ID, "cert_cn", cn, "reason", err)
+		h.metrics.deviceRefused(connectRefusal(err))
 		code := packets.ErrNotAuthorized
 		if cl.Properties.ProtocolVersion < 5 {
 			// mochi's SendConnack turns this one into MQTT 3's
@@ -148,6 +150,9 @@ func (h *policyHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool 
 	action := "subscribe"
 	if write {
 		ok, action = DeviceMayPublish(device, topic), "publish"
+	}
+	if !ok {
+		h.metrics.policyDenied(action)
 	}
 	if !ok && h.denied.first(device+"\x00"+action+"\x00"+topic) {
 		h.log.Warn("device policy denied (logged once per device, action and topic)", "device", device, "action", action, "topic", topic)

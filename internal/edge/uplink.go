@@ -96,6 +96,7 @@ type Exporter struct {
 	// Wake is signalled (non-blocking) when a message was queued.
 	Wake chan struct{}
 
+	metrics  *metrics
 	exported atomic.Int64
 }
 
@@ -136,6 +137,7 @@ func (e *Exporter) Run(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
+			e.metrics.exportFailed()
 			count, size := e.Queue.Depth()
 			e.Log.Warn("uplink: upload failed; retrying", "err", err, "retry_in", backoff, "queued_messages", count, "queued_bytes", size)
 			select {
@@ -175,6 +177,7 @@ func (e *Exporter) upload(ctx context.Context, batch []Message) error {
 		return err
 	}
 	e.exported.Add(int64(len(batch)))
+	e.metrics.batchExported(len(batch))
 	e.Log.Info("uplink: batch exported", "object", "s3://"+e.Bucket+"/"+key, "messages", len(batch), "bytes", body.Len())
 	return nil
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"convoy/internal/awsproto"
+	"convoy/internal/tlslisten"
 )
 
 // Config configures a Server.
@@ -65,7 +66,7 @@ type Server struct {
 	mu       sync.RWMutex
 	services map[string]http.Handler
 	metrics  *metrics
-	slots    *connSlots
+	slots    *tlslisten.Limit
 }
 
 // New returns a server; register services before Serve.
@@ -81,14 +82,19 @@ func New(cfg Config) *Server {
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, services: map[string]http.Handler{}, metrics: newMetrics(cfg.Registry)}
 	s.metrics.connLimit.Set(float64(cfg.MaxConnections))
-	s.slots = &connSlots{
-		sem:    make(chan struct{}, cfg.MaxConnections),
-		open:   s.metrics.openConns.Add,
-		waited: s.metrics.connsWaited.Inc,
-		warn: func() {
+	s.slots = tlslisten.NewLimit(cfg.MaxConnections)
+	s.slots.Open = s.metrics.openConns.Add
+	var warnMu sync.Mutex
+	var warned time.Time
+	s.slots.Waited = func() {
+		s.metrics.connsWaited.Inc()
+		warnMu.Lock()
+		defer warnMu.Unlock()
+		if now := time.Now(); now.Sub(warned) > time.Minute { // at most once a minute
+			warned = now
 			s.log.Warn("connection limit reached: new connections wait in the kernel's listen queue until one closes; if the clients are legitimate, raise convoy up --max-connections",
 				"max_connections", cfg.MaxConnections)
-		},
+		}
 	}
 	metricsHandler := promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{})
 	// No ServeMux: it would "clean" S3 keys such as a/../b into redirects.
@@ -146,7 +152,7 @@ func (s *Server) Registry() *prometheus.Registry { return s.cfg.Registry }
 
 // Serve accepts TLS connections on l until Shutdown.
 func (s *Server) Serve(l net.Listener) error {
-	err := s.http.Serve(&tlsListener{Listener: l, cfg: s.cfg.TLS, slots: s.slots})
+	err := s.http.Serve(tlslisten.New(l, s.cfg.TLS, s.slots))
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
@@ -157,7 +163,7 @@ func (s *Server) Serve(l net.Listener) error {
 // endpoint with another profile (the FIPS endpoint), serving the same API.
 // Shutdown stops it too.
 func (s *Server) ServeWith(l net.Listener, cfg *tls.Config) error {
-	err := s.http.Serve(&tlsListener{Listener: l, cfg: cfg, slots: s.slots})
+	err := s.http.Serve(tlslisten.New(l, cfg, s.slots))
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -36,6 +37,7 @@ func TestEdgeEndToEnd(t *testing.T) {
 	pub := harness.Tool(t, "mosquitto_pub")
 	sub := harness.Tool(t, "mosquitto_sub")
 	tshark := harness.Tool(t, "tshark")
+	curl := harness.Tool(t, "curl")
 	bin := harness.Binary(t)
 	ctx := harness.Context(t)
 
@@ -78,11 +80,11 @@ func TestEdgeEndToEnd(t *testing.T) {
 	forgedPEM, _ := pki.EncodeCertificate(forged)
 	forgedFile := writeFile(t, filepath.Join(tmp, "forged.pem"), forgedPEM)
 
-	edgeAddr := freeAddr(t)
+	edgeAddr, metricsAddr := freeAddr(t), freeAddr(t)
 	_, edgePort, _ := net.SplitHostPort(edgeAddr)
 	_, cloudPort, _ := net.SplitHostPort(cloudAddr)
 	edgeArgs := []string{"edge", "run", "--data", data, "--listen", edgeAddr, "--cloud-env", cloudEnv, "--bucket", "telemetry",
-		"--retry-min", "100ms", "--retry-max", "1s", "--log-format", "text"}
+		"--retry-min", "100ms", "--retry-max", "1s", "--log-format", "text", "--metrics-listen", metricsAddr}
 	edge := startEdge(t, bin, data, edgeArgs)
 	ca := filepath.Join(certs, "ca.crt")
 	device := func(name string) []string {
@@ -208,6 +210,29 @@ func TestEdgeEndToEnd(t *testing.T) {
 		}
 	}
 
+	// Metrics: what happened so far, scraped with curl over TLS verified
+	// against the broker CA; plaintext HTTP gets an empty reply.
+	metrics := scrapeEdge(t, curl, ca, metricsAddr)
+	for series, least := range map[string]float64{
+		`convoy_edge_device_connections_refused_total{reason="no_certificate"}`:        1,
+		`convoy_edge_device_connections_refused_total{reason="untrusted_certificate"}`: 1,
+		`convoy_edge_device_connections_refused_total{reason="identity_mismatch"}`:     1,
+		`convoy_edge_device_connections_refused_total{reason="tls_handshake"}`:         1,
+		`convoy_edge_device_policy_denials_total{action="publish"}`:                    1,
+		"convoy_edge_uplink_messages_queued_total":                                     n,
+		"convoy_edge_uplink_messages_exported_total":                                   n,
+	} {
+		if v, ok := metrics[series]; !ok || v < least {
+			t.Errorf("%s = %v (present %v), want at least %v", series, v, ok, least)
+		}
+	}
+	if v := metrics["convoy_edge_uplink_queue_messages"]; v != 0 {
+		t.Errorf("convoy_edge_uplink_queue_messages = %v after the export, want 0", v)
+	}
+	if out, err := exec.Command(curl, "-sS", "http://"+metricsAddr+"/metrics").CombinedOutput(); err == nil || strings.Contains(string(out), "HTTP/") {
+		t.Errorf("plaintext /metrics: %v\n%s", err, out)
+	}
+
 	// Offline: the cloud stops, devices keep publishing (acknowledged
 	// once on disk), the edge is killed, then both come back.
 	if err := cloud.Stop(); err != nil {
@@ -232,6 +257,26 @@ func TestEdgeEndToEnd(t *testing.T) {
 		want[c] = true
 	}
 	waitExported(t, cloud.S3(t), want)
+}
+
+// scrapeEdge fetches the edge's /metrics with curl, trusting only the
+// broker CA, and returns the samples by series.
+func scrapeEdge(t *testing.T, curl, ca, addr string) map[string]float64 {
+	t.Helper()
+	out := runCmd(t, curl, "-sS", "--fail", "--cacert", ca, "https://"+addr+"/metrics")
+	samples := map[string]float64{}
+	for _, line := range strings.Split(out, "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			t.Fatalf("metrics line %q: %v", line, err)
+		}
+		samples[line[:i]] = v
+	}
+	return samples
 }
 
 // checkAtRest reads every file under dir and fails if one holds a canary
