@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -19,8 +18,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"convoy/internal/iam"
-	"convoy/internal/sealbox"
-	"convoy/internal/state"
+	"convoy/internal/iam/iamtest"
 	"convoy/internal/sts"
 )
 
@@ -70,19 +68,7 @@ func get(t *testing.T, method, url string) (int, http.Header, []byte) {
 // the registered role.
 func TestRealSTS(t *testing.T) {
 	ctx := context.Background()
-	db, err := state.OpenSQLite(ctx, filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	box, err := sealbox.LoadOrCreate(filepath.Join(t.TempDir(), "master.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ids, err := iam.Open(ctx, db, box)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, box, ids := iamtest.Open(t)
 	role, err := ids.CreateRole(ctx, iam.Role{Name: "trainer",
 		Trust: `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"sagemaker.amazonaws.com"},"Action":"sts:AssumeRole"}]}`})
 	if err != nil {

@@ -16,8 +16,7 @@ import (
 
 	"convoy/internal/awsproto"
 	"convoy/internal/iam"
-	"convoy/internal/sealbox"
-	"convoy/internal/state"
+	"convoy/internal/iam/iamtest"
 )
 
 // dirs finds jobs in a map, as sagemaker.JobLogDirs finds them on disk.
@@ -35,18 +34,8 @@ type env struct {
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	ctx := context.Background()
-	db, err := state.OpenSQLite(ctx, filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	box, _ := sealbox.LoadOrCreate(filepath.Join(t.TempDir(), "mk"))
-	ids, err := iam.Open(ctx, db, box)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, _ := ids.EnsureAdmin(ctx)
-	admin, _ := ids.UserPrincipal(ctx, iam.AdminUser, key.ID)
+	_, _, ids := iamtest.Open(t)
+	admin := iamtest.Admin(t, ids)
 	if _, err := ids.CreateUser(ctx, "dev", ""); err != nil {
 		t.Fatal(err)
 	}

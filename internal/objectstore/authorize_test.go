@@ -13,8 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"convoy/internal/iam"
-	"convoy/internal/sealbox"
-	"convoy/internal/state"
+	"convoy/internal/iam/iamtest"
 )
 
 type authzEnv struct {
@@ -27,19 +26,7 @@ func authzOpen(t *testing.T) *authzEnv {
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
-	db, err := state.OpenSQLite(ctx, filepath.Join(dir, "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	box, err := sealbox.LoadOrCreate(filepath.Join(dir, "master.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := iam.Open(ctx, db, box)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, box, store := iamtest.Open(t)
 	s, err := Open(ctx, Config{Dir: filepath.Join(dir, "objects"), DB: db, Box: box, IAM: store, Region: "us-east-1",
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Registry: prometheus.NewRegistry()})
 	if err != nil {

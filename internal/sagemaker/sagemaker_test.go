@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,7 +15,7 @@ import (
 
 	"convoy/internal/awsproto"
 	"convoy/internal/iam"
-	"convoy/internal/sealbox"
+	"convoy/internal/iam/iamtest"
 	"convoy/internal/state"
 )
 
@@ -52,18 +51,8 @@ type env struct {
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	ctx := context.Background()
-	db, err := state.OpenSQLite(ctx, filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	box, _ := sealbox.LoadOrCreate(filepath.Join(t.TempDir(), "mk"))
-	ids, err := iam.Open(ctx, db, box)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, _ := ids.EnsureAdmin(ctx)
-	admin, _ := ids.UserPrincipal(ctx, iam.AdminUser, key.ID)
+	db, _, ids := iamtest.Open(t)
+	admin := iamtest.Admin(t, ids)
 	role, err := ids.CreateRole(ctx, iam.Role{Name: "exec", Trust: `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"sagemaker.amazonaws.com"},"Action":"sts:AssumeRole"}]}`})
 	if err != nil {
 		t.Fatal(err)

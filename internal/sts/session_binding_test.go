@@ -8,31 +8,16 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"convoy/internal/iam"
-	"convoy/internal/sealbox"
-	"convoy/internal/state"
+	"convoy/internal/iam/iamtest"
 )
 
 func sessionSetup(t *testing.T) (*Service, *iam.Store) {
 	t.Helper()
-	ctx := context.Background()
-	db, err := state.OpenSQLite(ctx, filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	box, err := sealbox.LoadOrCreate(filepath.Join(t.TempDir(), "master.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := iam.Open(ctx, db, box)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, box, store := iamtest.Open(t)
 	return New(store, box, slog.New(slog.NewTextHandler(io.Discard, nil))), store
 }
 
