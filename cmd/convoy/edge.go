@@ -254,8 +254,10 @@ Every artifact is downloaded to a staging directory while its SHA-256 is
 computed; one mismatch fails the whole deployment and installs nothing. Run[0]
 is an artifact's file name (made executable) or an absolute path. Components
 run in their artifact directory under --deploy-dir (default DATA/deployments),
-in their own process group, as --component-uid/--component-gid (default: the
-owner of DATA; root only with --allow-root-components), with only PATH, HOME,
+in their own process group, as --component-uid/--component-gid: a dedicated
+user, required, who may not write DATA (its owner could read the core's keys
+and replace the files the core opens there; root only with
+--allow-root-components), with only PATH, HOME,
 LANG, their Environment, CONVOY_EDGE_IPC (the socket, which admits their uid)
 and CONVOY_EDGE_COMPONENT: none of the core's environment or cloud keys.
 Output goes to DATA/logs/<component>.log (rotated at 4 MiB). A process that
@@ -355,8 +357,8 @@ CONVOY_EDGE_METRICS with --metrics-listen).`,
 	f.DurationVar(&o.DeployPoll, "deploy-poll", 30*time.Second, "how often the deployment document is checked")
 	f.DurationVar(&o.DeploySettle, "deploy-settle", time.Second, "how long every component must run without exiting for a deployment to succeed")
 	f.StringVar(&o.DeployDir, "deploy-dir", "", "where components are installed (default DATA/deployments); must be reachable by --component-uid")
-	f.Int64Var(&o.ComponentUID, "component-uid", -1, "user ID components run as; -1 means the owner of DATA")
-	f.Int64Var(&o.ComponentGID, "component-gid", -1, "group ID components run as; -1 means the group of DATA")
+	f.Int64Var(&o.ComponentUID, "component-uid", -1, "user ID components run as: a dedicated user that may not write DATA (required with deployments, unless --allow-root-components)")
+	f.Int64Var(&o.ComponentGID, "component-gid", -1, "group ID components run as (default: --component-uid)")
 	f.BoolVar(&o.AllowRootComponents, "allow-root-components", false, "allow components to run as root (not recommended)")
 	f.DurationVar(&o.ComponentStopGrace, "component-stop-grace", 10*time.Second, "time between SIGTERM and SIGKILL when a component is stopped")
 	f.StringVar(&o.MetricsListen, "metrics-listen", "", "HOST:PORT of the HTTPS listener for /metrics and /healthz, e.g. 127.0.0.1:9464 (default off)")

@@ -228,7 +228,10 @@ type Deployer struct {
 	LogDir string
 	IPC    string
 	// UID and GID run the components.
-	UID, GID   uint32
+	UID, GID uint32
+	// DataDir is the core's data directory, which the components' user
+	// must not be able to write (Check).
+	DataDir    string
 	AllowRoot  bool
 	Poll       time.Duration
 	Settle     time.Duration
@@ -263,11 +266,24 @@ func (d *Deployer) DocumentKey() string { return d.Prefix + "deployments/" + d.C
 // StatusKey is the key of the core's deployment status.
 func (d *Deployer) StatusKey() string { return d.Prefix + "deployments/" + d.Core + ".status.json" }
 
-// Check reports a setup that cannot run components: root without
-// AllowRoot, or the component user unable to reach Dir or the IPC socket.
+// Check reports a setup that cannot run components safely: root without
+// AllowRoot; the core's own user, or a user that may write the data
+// directory (its owner, say), which could read the core's keys or replace
+// the files the root core opens there (a log turned into a link to
+// /etc/passwd); or a component user unable to reach Dir or the IPC socket.
 func (d *Deployer) Check() error {
 	if d.UID == 0 && !d.AllowRoot {
 		return errors.New("components would run as root: pass --component-uid/--component-gid (a dedicated user), or --allow-root-components")
+	}
+	if d.UID != 0 {
+		if uint32(os.Geteuid()) == d.UID {
+			return fmt.Errorf("components would run as the core's own user (uid %d) and could read its keys: run the core as root and pass --component-uid/--component-gid of a dedicated user", d.UID)
+		}
+		if d.DataDir != "" {
+			if err := notWritableBy(d.DataDir, d.UID, d.GID); err != nil {
+				return fmt.Errorf("components would run as uid %d gid %d, who may write the data directory: %w; pass --component-uid/--component-gid of a dedicated user that does not own it", d.UID, d.GID, err)
+			}
+		}
 	}
 	if err := reachable(d.Dir, d.UID, d.GID); err != nil {
 		return fmt.Errorf("component uid %d cannot reach the deployment directory: %w (use --deploy-dir in a directory that uid can traverse)", d.UID, err)
@@ -285,6 +301,30 @@ func (d *Deployer) ready() error {
 		return err
 	}
 	return d.Check()
+}
+
+// notWritableBy fails if uid:gid (no supplementary groups) may write dir
+// itself (its entries: rename, replace, plant links).
+func notWritableBy(dir string, uid, gid uint32) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	mode := uint32(fi.Mode().Perm())
+	var w bool
+	switch {
+	case st.Uid == uid:
+		w = true // its owner may always make it writable
+	case st.Gid == gid:
+		w = mode&0o020 != 0
+	default:
+		w = mode&0o002 != 0
+	}
+	if w {
+		return fmt.Errorf("%s (mode %04o, owner %d:%d)", dir, mode, st.Uid, st.Gid)
+	}
+	return nil
 }
 
 // reachable says whether uid:gid (no supplementary groups) may traverse
@@ -893,7 +933,9 @@ func openRotating(p string, max int64) (*rotating, error) {
 }
 
 func (r *rotating) open() error {
-	f, err := os.OpenFile(r.path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	// The log directory is the core's; still, a link where a log belongs
+	// is not followed.
+	f, err := os.OpenFile(r.path, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return err
 	}

@@ -63,7 +63,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -378,21 +377,22 @@ func (l connectDeadline) Accept() (net.Conn, error) {
 
 // newDeployer configures deployments from o.
 func newDeployer(o Options, cloud *s3.Client, core, sock string) (*Deployer, error) {
-	fi, err := os.Stat(o.DataDir)
-	if err != nil {
-		return nil, err
-	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return nil, errors.New("cannot read the owner of " + o.DataDir)
-	}
-	uid, gid := st.Uid, st.Gid
 	if o.ComponentUID > math.MaxUint32 || o.ComponentGID > math.MaxUint32 {
 		return nil, errors.New("--component-uid and --component-gid must be below 2^32")
 	}
-	if o.ComponentUID >= 0 {
+	// Components run as a dedicated user, never by default as DATA's owner:
+	// a user who may write DATA could read the core's keys and replace the
+	// files the root core opens there (Deployer.Check).
+	var uid, gid uint32
+	switch {
+	case o.ComponentUID >= 0:
 		uid = uint32(o.ComponentUID)
+	case o.AllowRootComponents:
+		uid = 0
+	default:
+		return nil, fmt.Errorf("deployments need --component-uid (and --component-gid): a dedicated user for components that does not own %s (e.g. a system user created for them)", o.DataDir)
 	}
+	gid = uid
 	if o.ComponentGID >= 0 {
 		gid = uint32(o.ComponentGID)
 	}
@@ -405,7 +405,7 @@ func newDeployer(o Options, cloud *s3.Client, core, sock string) (*Deployer, err
 		grace = 10 * time.Second
 	}
 	return &Deployer{S3: cloud, Bucket: o.Bucket, Prefix: o.Prefix, Core: core, Dir: dir, LogDir: filepath.Join(o.DataDir, "logs"),
-		IPC: sock, UID: uid, GID: gid, AllowRoot: o.AllowRootComponents,
+		IPC: sock, UID: uid, GID: gid, AllowRoot: o.AllowRootComponents, DataDir: o.DataDir,
 		Poll: cmp.Or(o.DeployPoll, 30*time.Second), Settle: cmp.Or(o.DeploySettle, time.Second), StopGrace: grace,
 		RestartMin: 200 * time.Millisecond, RestartMax: time.Minute, Log: o.Logger}, nil
 }
