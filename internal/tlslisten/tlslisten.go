@@ -33,6 +33,8 @@ type Limit struct {
 // NewLimit returns a limit of max connections.
 func NewLimit(max int) *Limit { return &Limit{sem: make(chan struct{}, max)} }
 
+// acquire takes a slot for the next connection, waiting for one if all
+// are taken.
 func (l *Limit) acquire() {
 	select {
 	case l.sem <- struct{}{}:
@@ -42,11 +44,16 @@ func (l *Limit) acquire() {
 		}
 		l.sem <- struct{}{}
 	}
+}
+
+// opened counts a connection accepted into its slot.
+func (l *Limit) opened() {
 	if l.Open != nil {
 		l.Open(1)
 	}
 }
 
+// release frees the slot of a connection that was opened.
 func (l *Limit) release() {
 	<-l.sem
 	if l.Open != nil {
@@ -70,9 +77,10 @@ func (l *listener) Accept() (net.Conn, error) {
 	l.lim.acquire()
 	c, err := l.Listener.Accept()
 	if err != nil {
-		l.lim.release()
+		<-l.lim.sem // the slot taken for it, never opened
 		return nil, err
 	}
+	l.lim.opened()
 	return tls.Server(&guard{Conn: c, release: l.lim.release}, l.cfg), nil
 }
 
