@@ -236,7 +236,8 @@ backoff. When the queue holds --max-queue-bytes, QoS 1 publishes to telemetry
 topics are refused (MQTT 5: PUBACK "quota exceeded"; MQTT 3.1.1: the connection
 is closed without PUBACK, so the device sends again later), never dropped.
 
-Deployments (on with --bucket, off with --deployments=false): every
+Deployments (on with --bucket, which then needs --component-uid; off with
+--deployments=false): every
 --deploy-poll the core fetches s3://BUCKET/PREFIXdeployments/<core name>.json
 over the same HTTPS client (a conditional GET: an unchanged document costs a
 304) and applies it when it changed:

@@ -390,7 +390,7 @@ func newDeployer(o Options, cloud *s3.Client, core, sock string) (*Deployer, err
 	case o.AllowRootComponents:
 		uid = 0
 	default:
-		return nil, fmt.Errorf("deployments need --component-uid (and --component-gid): a dedicated user for components that does not own %s (e.g. a system user created for them)", o.DataDir)
+		return nil, fmt.Errorf("deployments need --component-uid (and --component-gid): a dedicated user for components that does not own %s (e.g. a system user created for them); or pass --deployments=false to export telemetry only", o.DataDir)
 	}
 	gid = uid
 	if o.ComponentGID >= 0 {

@@ -84,7 +84,7 @@ func TestEdgeEndToEnd(t *testing.T) {
 	_, edgePort, _ := net.SplitHostPort(edgeAddr)
 	_, cloudPort, _ := net.SplitHostPort(cloudAddr)
 	edgeArgs := []string{"edge", "run", "--data", data, "--listen", edgeAddr, "--cloud-env", cloudEnv, "--bucket", "telemetry",
-		"--retry-min", "100ms", "--retry-max", "1s", "--log-format", "text", "--metrics-listen", metricsAddr}
+		"--deployments=false", "--retry-min", "100ms", "--retry-max", "1s", "--log-format", "text", "--metrics-listen", metricsAddr}
 	edge := startEdge(t, bin, data, edgeArgs)
 	ca := filepath.Join(certs, "ca.crt")
 	device := func(name string) []string {
