@@ -373,8 +373,18 @@ func serveMetrics(ctx context.Context, ln net.Listener, cfg *tls.Config, reg *pr
 		w.Header().Set("Content-Type", "text/plain")
 		w.Write([]byte("ok\n"))
 	})
+	// TLS only, no plaintext reply to plaintext, at most metricsMaxConns
+	// connections, shedding silent, idle and request-less ones while full:
+	// internal/tlslisten, as the cloud's endpoints. A peer with no
+	// credentials cannot starve the scraper: it waits about a second at
+	// most. (No per-address bound: the scraper and a local attacker would
+	// share 127.0.0.1.)
+	lim := tlslisten.NewLimit(metricsMaxConns)
+	shedder := &tlslisten.HTTPShedder{NewGrace: 3 * time.Second}
+	lim.Shed = shedder.Shed
 	srv := &http.Server{
 		Handler:           mux,
+		ConnState:         shedder.ConnState,
 		ReadHeaderTimeout: 10 * time.Second, // also bounds the TLS handshake
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
@@ -386,9 +396,7 @@ func serveMetrics(ctx context.Context, ln net.Listener, cfg *tls.Config, reg *pr
 		<-ctx.Done()
 		srv.Close()
 	}()
-	// TLS only, no plaintext reply to plaintext, at most metricsMaxConns
-	// connections: internal/tlslisten, as the cloud's endpoints.
-	err := srv.Serve(tlslisten.New(ln, cfg, tlslisten.NewLimit(metricsMaxConns)))
+	err := srv.Serve(tlslisten.New(ln, cfg, lim))
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}

@@ -153,7 +153,7 @@ func (p *pipeChannel) writeObject(ctx context.Context, w io.Writer, obj stagedOb
 	if err != nil {
 		return &sourceError{obj, err}
 	}
-	defer body.Close()
+	defer func() { body.Close() }() // body may be reopened below
 	var r io.Reader = body
 	if p.gunzip {
 		gz, err := gzip.NewReader(body)
@@ -161,6 +161,28 @@ func (p *pipeChannel) writeObject(ctx context.Context, w io.Writer, obj stagedOb
 			return &sourceError{obj, fmt.Errorf("gunzip: %w", err)}
 		}
 		r, size = gz, -1
+		if p.wrap {
+			// A RecordIO header needs the length first. Rather than hold
+			// the decompressed object (up to maxRecord) in memory,
+			// decompress it once to count, then again to stream.
+			n, err := io.Copy(io.Discard, io.LimitReader(&sourceReader{obj: obj, r: gz}, maxRecord+1))
+			if err != nil {
+				return err
+			}
+			if n > maxRecord {
+				return &sourceError{obj, fmt.Errorf("%w: more than %d bytes", errRecordSize, maxRecord)}
+			}
+			again, _, err := p.open(ctx, obj)
+			if err != nil {
+				return &sourceError{obj, err}
+			}
+			body.Close()
+			body = again
+			if gz, err = gzip.NewReader(body); err != nil {
+				return &sourceError{obj, fmt.Errorf("gunzip: %w", err)}
+			}
+			r, size = gz, n
+		}
 	}
 	r = &sourceReader{obj: obj, r: r}
 	if !p.wrap {

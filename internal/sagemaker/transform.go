@@ -198,6 +198,10 @@ func (r *CreateTransformJobRequest) validate() error {
 	if n := r.MaxConcurrentTransforms; n < 0 || n > maxConcurrentTransforms {
 		return validation("MaxConcurrentTransforms must be between 0 and %d, not %d", maxConcurrentTransforms, n)
 	}
+	// SageMaker's rule, which also bounds what a job holds in memory.
+	if mb := r.payload() >> 20; r.concurrency()*mb > maxPayload {
+		return validation("MaxConcurrentTransforms (%d) × MaxPayloadInMB (%d) must not exceed %d MB", r.concurrency(), mb, maxPayload)
+	}
 	if c := r.ModelClientConfig; c != nil {
 		if t := c.InvocationsTimeoutInSeconds; t != 0 && (t < 1 || t > 3600) {
 			return validation("ModelClientConfig.InvocationsTimeoutInSeconds must be between 1 and 3600, not %d", t)

@@ -21,10 +21,23 @@ type transformObject struct{ bucket, key, rel string }
 // http://<addr>.
 type transformInstance struct{ id, base string }
 
-// maxTransformAnswer bounds one answer of the container.
-const maxTransformAnswer = 100 << 20
+// maxTransformAnswer bounds one answer of the container; answerBudget
+// bounds all the answers a job may hold at once (each worker holds one
+// until it is written in order), so a job's answer limit is the lesser of
+// maxTransformAnswer and answerBudget over its workers, and at least
+// minTransformAnswer.
+const (
+	maxTransformAnswer = 100 << 20
+	minTransformAnswer = 6 << 20
+	answerBudget       = 1 << 30
+)
 
-var errAnswerTooLarge = fmt.Errorf("the model container's answer is larger than %d MB", maxTransformAnswer>>20)
+var errAnswerTooLarge = errors.New("the model container's answer is larger than this job's limit per answer (the lesser of 100 MB and 1 GiB over InstanceCount × MaxConcurrentTransforms, at least 6 MB)")
+
+// answerLimit is the largest answer a job of workers takes.
+func answerLimit(workers int) int64 {
+	return max(min(maxTransformAnswer, answerBudget/int64(max(workers, 1))), minTransformAnswer)
+}
 
 // batchRun is the data half of a transform job: it reads every object,
 // sends its payloads to the instances (MaxConcurrentTransforms in flight
@@ -275,7 +288,7 @@ func (b *batchRun) post(ctx context.Context, in transformInstance, payload []byt
 		return nil, 0, err
 	}
 	defer resp.Body.Close()
-	limit := int64(maxTransformAnswer)
+	limit := answerLimit(len(b.instances) * b.req.concurrency())
 	if resp.StatusCode != http.StatusOK {
 		limit = maxQuoted
 	}

@@ -18,6 +18,7 @@ type metrics struct {
 	openConns         prometheus.Gauge
 	connLimit         prometheus.Gauge
 	connsWaited       prometheus.Counter
+	connsRefused      prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -53,10 +54,14 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		}),
 		connsWaited: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "convoy_http_connections_waited_total",
-			Help: "Times the connection limit was full when convoy went to accept a connection, which then waited for another to close.",
+			Help: "Times the connection limit was full when convoy went to accept a connection, which then waited for another to close (idle and silent connections are closed to make room).",
+		}),
+		connsRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "convoy_http_connections_refused_total",
+			Help: "Connections closed at once because their source address already held a quarter of the connection limit.",
 		}),
 	}
-	reg.MustRegister(m.requests, m.duration, m.handshakeFailures, m.certExpiry, m.panics, m.openConns, m.connLimit, m.connsWaited,
+	reg.MustRegister(m.requests, m.duration, m.handshakeFailures, m.certExpiry, m.panics, m.openConns, m.connLimit, m.connsWaited, m.connsRefused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

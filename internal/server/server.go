@@ -82,8 +82,14 @@ func New(cfg Config) *Server {
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, services: map[string]http.Handler{}, metrics: newMetrics(cfg.Registry)}
 	s.metrics.connLimit.Set(float64(cfg.MaxConnections))
+	// One address may hold a quarter of the slots; while every slot is
+	// taken, connections that hold one without use are shed (tlslisten).
 	s.slots = tlslisten.NewLimit(cfg.MaxConnections)
+	s.slots.PerIP = max(cfg.MaxConnections/4, 64)
 	s.slots.Open = s.metrics.openConns.Add
+	s.slots.Refused = s.metrics.connsRefused.Inc
+	shedder := &tlslisten.HTTPShedder{NewGrace: 5 * time.Second}
+	s.slots.Shed = shedder.Shed
 	var warnMu sync.Mutex
 	var warned time.Time
 	s.slots.Waited = func() {
@@ -117,6 +123,7 @@ func New(cfg Config) *Server {
 	s.http = &http.Server{
 		Handler:           s.withRequestLog(top),
 		TLSConfig:         cfg.TLS,
+		ConnState:         shedder.ConnState,
 		ReadHeaderTimeout: 15 * time.Second, // also bounds the TLS handshake
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    cfg.MaxHeaderBytes,
