@@ -248,17 +248,10 @@ func nvdFixture(t *testing.T) string {
 	return p
 }
 
-func scanFixture(t *testing.T, data string) Report {
+// scanDebian is scanFixture's report with only its Debian findings.
+func scanDebian(t *testing.T, data string) Report {
 	t.Helper()
-	db, err := Load(data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	inv, err := TakeInventory(fixtureRootFS(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := Scan(db, inv)
+	r := scanFixture(t, data)
 	var debian []Finding
 	for _, f := range r.Findings {
 		if strings.HasPrefix(f.Ecosystem, "Debian") {
@@ -277,7 +270,7 @@ func TestNVDSeverity(t *testing.T) {
 	if _, err := Import(osvThenNVD, debianFixture(t)); err != nil {
 		t.Fatal(err)
 	}
-	before := scanFixture(t, osvThenNVD)
+	before := scanDebian(t, osvThenNVD)
 	res, err := Import(osvThenNVD, nvdFixture(t))
 	if err != nil || res.NVDFiles != 1 || res.NVD != 4 || res.Imported != 0 || len(res.DB.NVD) != 4 || res.DB.NVDImported.IsZero() {
 		t.Fatalf("NVD import: %+v, %v", res, err)
@@ -316,7 +309,7 @@ func TestNVDSeverity(t *testing.T) {
 		{"DEB-OWN", Low, "record", ""},
 		{"DEBIAN-CVE-2099-0004", Unknown, "", ""},
 	}
-	a, b := scanFixture(t, osvThenNVD), scanFixture(t, nvdThenOSV)
+	a, b := scanDebian(t, osvThenNVD), scanDebian(t, nvdThenOSV)
 	if got := rows(a); !reflect.DeepEqual(got, want) {
 		t.Errorf("OSV then NVD:\n got %+v\nwant %+v", got, want)
 	}
@@ -437,7 +430,7 @@ func TestLoadFormat1WithoutNVD(t *testing.T) {
 		`"vulns":{"DEBIAN-CVE-2099-0001":{"id":"DEBIAN-CVE-2099-0001","severity":"UNKNOWN","affected":[{"ecosystem":"Debian:12","name":"openssl",` +
 		`"ranges":[{"type":"ECOSYSTEM","events":[{"introduced":"0"},{"fixed":"3.0.13-1~deb12u1"}]}]}]}}}`
 	writeFiles(t, Dir(data), map[string]string{"db.json": old})
-	if r := scanFixture(t, data); len(r.Findings) != 1 || r.Findings[0].Severity != Unknown || r.Database.NVDCVEs != 0 {
+	if r := scanDebian(t, data); len(r.Findings) != 1 || r.Findings[0].Severity != Unknown || r.Database.NVDCVEs != 0 {
 		t.Fatalf("old database: %+v", r)
 	}
 	if _, err := Import(data, nvdFixture(t)); err != nil {
@@ -447,7 +440,7 @@ func TestLoadFormat1WithoutNVD(t *testing.T) {
 	if err != nil || db.Format != dbFormat || db.Records != 1 {
 		t.Fatalf("after NVD import: %+v, %v", db, err)
 	}
-	if r := scanFixture(t, data); len(r.Findings) != 1 || r.Findings[0].Severity != Critical || r.Findings[0].SeveritySource != SourceNVD {
+	if r := scanDebian(t, data); len(r.Findings) != 1 || r.Findings[0].Severity != Critical || r.Findings[0].SeveritySource != SourceNVD {
 		t.Errorf("old record with NVD: %+v", r.Findings)
 	}
 }
