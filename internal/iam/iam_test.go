@@ -79,14 +79,7 @@ func containsBytes(h, n []byte) bool {
 func TestAuthorizeAndPassRole(t *testing.T) {
 	s := openStore(t)
 	ctx := context.Background()
-	if _, err := s.CreateUser(ctx, "dev", ""); err != nil {
-		t.Fatal(err)
-	}
-	key, _, err := s.CreateAccessKey(ctx, "dev")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, _ := s.UserPrincipal(ctx, "dev", key.ID)
+	p := userWithKey(t, s, "dev")
 	trust := `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"sagemaker.amazonaws.com"},"Action":"sts:AssumeRole"}]}`
 	role, err := s.CreateRole(ctx, Role{Name: "exec", Trust: trust})
 	if err != nil {
@@ -126,8 +119,8 @@ func TestAuthorizeAndPassRole(t *testing.T) {
 		t.Fatalf("after removing the deny: %v", err)
 	}
 	// An inactive key is unknown.
-	s.UpdateAccessKey(ctx, "dev", key.ID, "Inactive")
-	if _, _, err := s.LookupAccessKey(ctx, key.ID); !errors.Is(err, ErrUnknownKey) {
+	s.UpdateAccessKey(ctx, "dev", p.AccessKeyID, "Inactive")
+	if _, _, err := s.LookupAccessKey(ctx, p.AccessKeyID); !errors.Is(err, ErrUnknownKey) {
 		t.Fatalf("inactive key: %v", err)
 	}
 }
@@ -155,4 +148,23 @@ func TestValidation(t *testing.T) {
 	if _, err := s.CreateUser(ctx, "twice", ""); code(err) != "EntityAlreadyExists" {
 		t.Fatalf("duplicate user: %v", err)
 	}
+}
+
+// userWithKey creates user name with an access key and returns its
+// principal.
+func userWithKey(t *testing.T, s *Store, name string) *Principal {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := s.CreateUser(ctx, name, ""); err != nil {
+		t.Fatal(err)
+	}
+	key, _, err := s.CreateAccessKey(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := s.UserPrincipal(ctx, name, key.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

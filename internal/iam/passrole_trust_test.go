@@ -15,14 +15,7 @@ import (
 func TestPassRoleRequiresServiceTrust(t *testing.T) {
 	s := openStore(t)
 	ctx := context.Background()
-	if _, err := s.CreateUser(ctx, "dev", ""); err != nil {
-		t.Fatal(err)
-	}
-	key, _, err := s.CreateAccessKey(ctx, "dev")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, _ := s.UserPrincipal(ctx, "dev", key.ID)
+	p := userWithKey(t, s, "dev")
 	// The role trusts only the admin user, never SageMaker.
 	trust := `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"` + s.UserARN(AdminUser) + `"},"Action":"sts:AssumeRole"}]}`
 	role, err := s.CreateRole(ctx, Role{Name: "admin-only", Trust: trust})
