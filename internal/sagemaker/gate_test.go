@@ -1,25 +1,19 @@
 package sagemaker
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
 	"errors"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"convoy/internal/images"
+	"convoy/internal/images/imagetest"
 )
 
 // denyGate refuses every image, and records what it was shown.
@@ -40,34 +34,8 @@ func (g *denyGate) CheckImage(_ context.Context, img images.Image, rootfs string
 // gateStore is an image store holding app:1, an image of one file, marker.
 func gateStore(t *testing.T) *images.Store {
 	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	tw.WriteHeader(&tar.Header{Name: "marker", Mode: 0o644, Size: 2, Typeflag: tar.TypeReg})
-	tw.Write([]byte("hi"))
-	tw.Close()
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf.Bytes())), nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf, _ := img.ConfigFile()
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", runtime.GOARCH
-	cf.Config = v1.Config{Entrypoint: []string{"/app"}}
-	if img, err = mutate.ConfigFile(img, cf); err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(t.TempDir(), "layout")
-	p, err := layout.Write(dir, empty.Index)
-	if err == nil {
-		err = p.AppendImage(img)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir := imagetest.Layout(t, []imagetest.File{{Name: "marker", Mode: 0o644, Content: []byte("hi")}},
+		v1.Config{Entrypoint: []string{"/app"}})
 	store, err := images.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"convoy/internal/images/imagetest"
 	"convoy/test/e2e/harness"
 )
 
@@ -50,7 +51,7 @@ func vulnDB(t *testing.T) string {
 // run: the gate refuses it at CreateModel.
 func debianImage(t *testing.T) string {
 	t.Helper()
-	return harness.FilesImage(t, []harness.File{
+	return imagetest.Layout(t, []imagetest.File{
 		{Name: "etc/os-release", Mode: 0o644, Content: []byte("PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\nVERSION_ID=\"12\"\n")},
 		{Name: "var/lib/dpkg/status", Mode: 0o644, Content: []byte("Package: libssl3\nStatus: install ok installed\nSource: openssl\nVersion: 3.0.11-1~deb12u2\n\n" +
 			"Package: bash\nStatus: install ok installed\nVersion: 5.2.15-2+b2\n")},
