@@ -228,8 +228,8 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w (choose another --listen)", o.Listen, err)
 	}
-	tlsCfg := withVerifyConnection(tlsconf.Server(o.Profile, certs.GetCertificate, tlsconf.ServerOptions{NextProtos: []string{"mqtt"}, ClientCAs: devices}),
-		guard.verifyConnection)
+	tlsCfg := tlsconf.Server(o.Profile, certs.GetCertificate, tlsconf.ServerOptions{NextProtos: []string{"mqtt"}, ClientCAs: devices,
+		VerifyConnection: guard.verifyConnection})
 	if err := server.AddListener(listeners.NewNet("mqtts", deviceListener{Listener: connectDeadline{tcp}, cfg: tlsCfg, metrics: m})); err != nil {
 		tcp.Close()
 		return err

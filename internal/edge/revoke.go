@@ -308,26 +308,6 @@ func (g *revocationGuard) verifyConnection(cs tls.ConnectionState) error {
 	return g.check(cs.VerifiedChains)
 }
 
-// withVerifyConnection sets verify on cfg and on any configuration its
-// GetConfigForClient hands out (tlsconf's fips profile answers some
-// clients with a TLS 1.2-only clone made before this function ran).
-func withVerifyConnection(cfg *tls.Config, verify func(tls.ConnectionState) error) *tls.Config {
-	cfg = cfg.Clone()
-	cfg.VerifyConnection = verify
-	if inner := cfg.GetConfigForClient; inner != nil {
-		cfg.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-			c, err := inner(hello)
-			if c == nil || err != nil {
-				return c, err
-			}
-			c = c.Clone()
-			c.VerifyConnection = verify
-			return c, nil
-		}
-	}
-	return cfg
-}
-
 // peerChains returns the verified chains of a client's TLS connection.
 func peerChains(cl *mqtt.Client) [][]*x509.Certificate {
 	tc, ok := cl.Net.Conn.(*tls.Conn)

@@ -34,8 +34,8 @@ func handshake(t *testing.T, dir string, g *revocationGuard, p tlsconf.Profile, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := withVerifyConnection(tlsconf.Server(p, func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return serving, nil },
-		tlsconf.ServerOptions{NextProtos: []string{"mqtt"}, ClientCAs: pool}), g.verifyConnection)
+	cfg := tlsconf.Server(p, func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return serving, nil },
+		tlsconf.ServerOptions{NextProtos: []string{"mqtt"}, ClientCAs: pool, VerifyConnection: g.verifyConnection})
 	c1, c2 := net.Pipe()
 	defer c1.Close()
 	defer c2.Close()
@@ -217,20 +217,3 @@ func mustCA(t *testing.T, data string) *pki.CA {
 	return ca
 }
 
-// tlsconf's fips profile answers a client without TLS 1.3 AES-GCM suites
-// with another configuration; it must verify revocations too.
-func TestWithVerifyConnectionCoversConfigForClient(t *testing.T) {
-	called := false
-	cfg := withVerifyConnection(tlsconf.Server(tlsconf.FIPS, nil, tlsconf.ServerOptions{}), func(tls.ConnectionState) error { called = true; return nil })
-	if cfg.GetConfigForClient == nil {
-		t.Skip("the fips profile no longer uses GetConfigForClient")
-	}
-	inner, err := cfg.GetConfigForClient(&tls.ClientHelloInfo{CipherSuites: []uint16{tls.TLS_CHACHA20_POLY1305_SHA256}})
-	if err != nil || inner == nil || inner.VerifyConnection == nil {
-		t.Fatalf("the fips profile's TLS 1.2 configuration has no VerifyConnection: %v, %v", inner, err)
-	}
-	inner.VerifyConnection(tls.ConnectionState{})
-	if !called {
-		t.Fatal("it is not the guard's")
-	}
-}

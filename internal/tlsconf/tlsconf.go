@@ -139,6 +139,11 @@ type ServerOptions struct {
 	// OptionalClientCert verifies a client certificate if one is sent but
 	// does not require it.
 	OptionalClientCert bool
+	// VerifyConnection, if set, is the caller's own check of every
+	// handshake, resumed ones included (the edge's device revocations). It
+	// runs in every configuration the server answers with, after the
+	// profile's own checks.
+	VerifyConnection func(tls.ConnectionState) error
 }
 
 // Server returns the server configuration for profile p.
@@ -155,13 +160,15 @@ func Server(p Profile, getCert GetCertificateFunc, opts ServerOptions) *tls.Conf
 	// AES-GCM is held to TLS 1.2, where Suites (ECDHE with AES-GCM only)
 	// applies, or the handshake fails cleanly. VerifyConnection refuses
 	// any other outcome, should crypto/tls ever choose differently.
-	verify := func(cs tls.ConnectionState) error {
+	base.VerifyConnection = func(cs tls.ConnectionState) error {
 		if !fipsSuite(cs) {
 			return fmt.Errorf("fips profile: %s %s is not an approved suite", tls.VersionName(cs.Version), tls.CipherSuiteName(cs.CipherSuite))
 		}
+		if opts.VerifyConnection != nil {
+			return opts.VerifyConnection(cs)
+		}
 		return nil
 	}
-	base.VerifyConnection = verify
 	tls12Only := base.Clone()
 	tls12Only.MaxVersion = tls.VersionTLS12
 	outer := base.Clone()
@@ -207,6 +214,7 @@ func serverConfig(p Profile, getCert GetCertificateFunc, opts ServerOptions) *tl
 		CipherSuites:     pol.Suites,
 		GetCertificate:   getCert,
 		NextProtos:       protos,
+		VerifyConnection: opts.VerifyConnection,
 	}
 	switch {
 	case opts.ClientCAs != nil && opts.OptionalClientCert:

@@ -203,3 +203,41 @@ func TestParseProfile(t *testing.T) {
 		t.Error("ParseProfile(legacy) succeeded")
 	}
 }
+
+// A caller's VerifyConnection runs in every configuration the fips profile
+// answers with (the TLS 1.2 one for a ChaCha-first client too), after the
+// profile's own suite check, which it does not replace.
+func TestServerOptionsVerifyConnection(t *testing.T) {
+	called := 0
+	opts := ServerOptions{VerifyConnection: func(tls.ConnectionState) error { called++; return nil }}
+	for _, p := range Profiles {
+		cfg := Server(p, nil, opts)
+		if cfg.VerifyConnection == nil {
+			t.Fatalf("%s: no VerifyConnection", p)
+		}
+		approved := tls.ConnectionState{Version: tls.VersionTLS13, CipherSuite: tls.TLS_AES_128_GCM_SHA256}
+		if err := cfg.VerifyConnection(approved); err != nil {
+			t.Errorf("%s: %v", p, err)
+		}
+		if p != FIPS {
+			continue
+		}
+		if err := cfg.VerifyConnection(tls.ConnectionState{Version: tls.VersionTLS13, CipherSuite: tls.TLS_CHACHA20_POLY1305_SHA256}); err == nil {
+			t.Error("fips: a caller's VerifyConnection replaced the approved-suite check")
+		}
+		if FIPSModuleEnabled() {
+			continue
+		}
+		inner, err := cfg.GetConfigForClient(&tls.ClientHelloInfo{CipherSuites: []uint16{tls.TLS_CHACHA20_POLY1305_SHA256}})
+		if err != nil || inner == nil || inner.VerifyConnection == nil {
+			t.Fatalf("fips: the TLS 1.2 configuration has no VerifyConnection: %v, %v", inner, err)
+		}
+		before := called
+		if err := inner.VerifyConnection(tls.ConnectionState{Version: tls.VersionTLS12, CipherSuite: tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256}); err != nil || called != before+1 {
+			t.Errorf("fips TLS 1.2 configuration: %v, caller's check run %d times", err, called-before)
+		}
+	}
+	if called < len(Profiles) {
+		t.Errorf("the caller's check ran %d times for %d profiles", called, len(Profiles))
+	}
+}
