@@ -216,4 +216,3 @@ func mustCA(t *testing.T, data string) *pki.CA {
 	}
 	return ca
 }
-
